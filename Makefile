@@ -1,0 +1,37 @@
+# Every target sets itself up: a fresh machine needs only python3.11 and make.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit browser-deps bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,lite12,faiss]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/defectmap demo --out runs/demo
+
+browser-deps:
+	@bash scripts/ensure-chromium.sh
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy src/defectmap
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest -q
+
+test: $(STAMP) browser-deps lint typecheck unit
+
+bench: $(STAMP)
+	$(PY) benchmarks/metrics.py
+	$(PY) benchmarks/bottle.py
+
+clean:
+	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

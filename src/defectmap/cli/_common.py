@@ -1,0 +1,68 @@
+"""The shared Typer app and the one place where errors become one clear line."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+from rich.console import Console
+
+from defectmap.errors import DefectmapError
+
+app = typer.Typer(
+    name="defectmap",
+    help="Unsupervised visual anomaly detection for industrial inspection.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Check, synthesise and download datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+console = Console()
+err_console = Console(stderr=True)
+
+_DEBUG_ENV = "DEFECTMAP_DEBUG"
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+) -> None:
+    if debug:
+        os.environ[_DEBUG_ENV] = "1"
+
+
+def run_app(argv: list[str]) -> int:
+    """Run the CLI on ``argv``; return the exit code.
+
+    Errors a user can cause (:class:`DefectmapError`, missing files) print one line on
+    stderr and return 1 (2 for usage errors, 130 for Ctrl-C); ``--debug`` re-raises them.
+    """
+    debug = "--debug" in argv
+    try:
+        app(args=argv, prog_name="defectmap", standalone_mode=False)
+    except KeyboardInterrupt:
+        err_console.print("[red]interrupted[/red]: stopped cleanly, no partial output left")
+        return 130
+    except (DefectmapError, FileNotFoundError, PermissionError, NotADirectoryError) as exc:
+        if debug or os.environ.get(_DEBUG_ENV):
+            raise
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
+        return 1
+    except SystemExit as exc:  # typer.Exit inside commands
+        return int(exc.code or 0)
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.exceptions.Exit):
+            return int(exc.exit_code)
+        if isinstance(exc, click.ClickException):
+            exc.show(file=sys.stderr)
+            return exc.exit_code
+        if isinstance(exc, click.exceptions.Abort):
+            err_console.print("[red]aborted[/red]")
+            return 130
+        raise
+    return 0

@@ -1,0 +1,3 @@
+"""CLI commands: data (placeholder until its issue lands)."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""CLI commands: maps (placeholder until its issue lands)."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""CLI commands: serve (placeholder until its issue lands)."""
+
+from __future__ import annotations

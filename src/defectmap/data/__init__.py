@@ -1,0 +1,1 @@
+"""Datasets on disk: layouts, integrity checks, synthetic data, download and safe image reading."""

@@ -1,0 +1,31 @@
+"""Exception types shared by every layer.
+
+Every error a user can cause derives from :class:`DefectmapError`; the command line prints
+its message as one line and exits non-zero.
+"""
+
+from __future__ import annotations
+
+
+class DefectmapError(Exception):
+    """Base class of all errors that a user can cause (bad input, missing files, ...)."""
+
+
+class ImageReadError(DefectmapError, ValueError):
+    """An image or mask file cannot be read; the message names the file and the problem."""
+
+
+class DatasetError(DefectmapError, ValueError):
+    """A dataset folder does not have the expected layout."""
+
+
+class NotFittedError(DefectmapError, RuntimeError):
+    """A model was asked to score before ``fit`` (or ``load``) gave it its learned state."""
+
+
+class ModelFileError(DefectmapError, ValueError):
+    """A saved model directory is missing a file or holds an invalid one."""
+
+
+class OfflineError(DefectmapError, RuntimeError):
+    """Something must be downloaded but the network cannot be reached."""
