@@ -3,13 +3,16 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+SHELL  := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
 
 .PHONY: demo test lint typecheck unit browser-deps bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,lite12,faiss]'
+	$(PY) -m pip install -q --progress-bar off -c constraints.txt -e '.[dev,lite12,faiss]' 2>&1 \
+	  | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+	$(PY) -c 'import defectmap, torch, timm, torchvision'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,3 +1,63 @@
-"""CLI commands: serve (placeholder until its issue lands)."""
+"""CLI command: ``defectmap serve MODEL_DIR`` runs the HTTP inspection service."""
 
 from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import typer
+
+from defectmap.cli._common import app, err_console
+from defectmap.errors import DefectmapError
+
+__all__ = ["is_loopback", "serve"]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding to ``host`` only accepts connections from this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve anywhere
+
+
+@app.command("serve")
+def serve(
+    model_dir: Path = typer.Argument(..., help="Trained model directory (from 'defectmap fit')."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port."),
+    db: Path = typer.Option(
+        Path("defectmap-audit.sqlite3"), "--db", help="SQLite audit database (created if missing)."
+    ),
+    token: str | None = typer.Option(
+        None,
+        "--token",
+        envvar="DEFECTMAP_TOKEN",
+        help="Bearer token required on every /v1 call (or set DEFECTMAP_TOKEN). "
+        "Mandatory when --host is not a loopback address.",
+    ),
+    store_images: bool = typer.Option(
+        False, "--store-images", help="Keep each upload, heatmap and overlay beside the database."
+    ),
+) -> None:
+    """Serve MODEL_DIR over HTTP: POST /v1/inspect, audit trail, web page at /."""
+    if not is_loopback(host) and not token:
+        raise DefectmapError(
+            f"--host {host} is reachable from other machines: refusing to serve without "
+            "--token (or DEFECTMAP_TOKEN); use --host 127.0.0.1 for local use"
+        )
+    import uvicorn
+
+    from defectmap.serve import create_app
+
+    # Loads the model now, so a missing or corrupt model fails here as one clear line.
+    service_app = create_app(model_dir, db_path=db, token=token, store_images=store_images)
+    err_console.print(
+        f"serving {model_dir} on http://{host}:{port}/ (audit log {db}"
+        f"{', token required' if token else ''}); Ctrl-C stops",
+        highlight=False,
+        soft_wrap=True,
+    )
+    uvicorn.run(service_app, host=host, port=port, log_level="info")

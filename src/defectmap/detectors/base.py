@@ -1,0 +1,359 @@
+"""The detector contract: one base class, one result type, one registry, one file format.
+
+Every detector follows the estimator contract: ``__init__`` only stores its keyword
+arguments (``get_params()`` returns them), ``fit(images)`` learns from defect-free images and
+returns ``self``, learned state ends in ``_``, and ``predict`` before ``fit``/``load`` raises
+:class:`~defectmap.errors.NotFittedError`.
+
+On disk a detector is a directory with ``model.json`` (format version, detector name, params,
+package version, backbone, non-array state) and ``weights.safetensors`` (the learned arrays).
+Loading never unpickles. Writes go to a temporary file that is then ``os.replace``-d, and
+``save`` leaves any other file in the directory (e.g. ``calibration.json``) alone.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from defectmap import __version__
+from defectmap.errors import DefectmapError, ModelFileError, NotFittedError
+from defectmap.features.backbones import Backbone, load_backbone
+from defectmap.features.preprocess import ImageInput, as_image_array, preprocess
+from defectmap.progress import track
+
+FORMAT_VERSION = 1
+MODEL_JSON = "model.json"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+class UnknownDetectorError(DefectmapError, ValueError):
+    """A detector name that is not registered."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Scores and anomaly maps of N images (higher = more anomalous).
+
+    Attributes
+    ----------
+    scores : float32 array (N,), one anomaly score per image.
+    maps : N float32 arrays (H_i, W_i), each at its input image's native size.
+    """
+
+    scores: np.ndarray
+    maps: list[np.ndarray]
+
+
+D = TypeVar("D", bound="Detector")
+_REGISTRY: dict[str, type[Detector]] = {}
+
+
+def register_detector(cls: type[D]) -> type[D]:
+    """Class decorator: make a detector available by its ``name`` attribute."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def list_detectors() -> list[str]:
+    """Names of the registered detectors, sorted."""
+    return sorted(_REGISTRY)
+
+
+def _detector_class(name: str) -> type[Detector]:
+    if name not in _REGISTRY:
+        raise UnknownDetectorError(
+            f"unknown detector {name!r}; known detectors: {', '.join(list_detectors())}"
+        )
+    return _REGISTRY[name]
+
+
+def create_detector(name: str, **params: Any) -> Detector:
+    """Create an unfitted detector by name, e.g. ``create_detector("patchcore", input_size=256)``.
+
+    Raises
+    ------
+    UnknownDetectorError : ``name`` is not registered.
+    TypeError : a parameter the detector does not have.
+    """
+    return _detector_class(name)(**params)
+
+
+def read_model_json(directory: str | os.PathLike) -> dict[str, Any]:
+    """Read and check ``model.json`` of a saved detector directory."""
+    path = Path(directory) / MODEL_JSON
+    if not path.is_file():
+        raise ModelFileError(f"{path}: missing (not a saved defectmap model directory?)")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict) or not {"format", "detector", "params"} <= set(meta):
+        raise ModelFileError(f"{path}: lacks the keys 'format', 'detector' and 'params'")
+    if meta["format"] != FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path}: model format {meta['format']!r}, this version reads {FORMAT_VERSION}"
+        )
+    return meta
+
+
+def load_detector(directory: str | os.PathLike) -> Detector:
+    """Load any saved detector: the name in ``model.json`` picks the class from the registry."""
+    meta = read_model_json(directory)
+    try:
+        cls = _detector_class(str(meta["detector"]))
+    except UnknownDetectorError as exc:
+        raise ModelFileError(f"{Path(directory) / MODEL_JSON}: {exc}") from exc
+    return cls.load(directory)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder + ``os.replace``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def iter_batches(
+    images: Sequence[ImageInput], batch_size: int, description: str
+) -> Iterator[list[np.ndarray]]:
+    """Yield lists of at most ``batch_size`` uint8 arrays; files are read lazily.
+
+    The one batching helper of every detector, with a progress bar over the batches.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n = len(images)
+    starts = range(0, n, batch_size)
+    for start in track(starts, description, total=len(starts)):
+        stop = min(start + batch_size, n)
+        yield [as_image_array(images[i], i) for i in range(start, stop)]
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur (truncated at 4 sigma, reflect padding) of (B, H, W) maps."""
+    if sigma <= 0:
+        return maps
+    radius = int(4.0 * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=maps.dtype)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    out = maps.unsqueeze(1)
+    pad_h, pad_w = min(radius, out.shape[-2] - 1), min(radius, out.shape[-1] - 1)
+    out = F.pad(out, (pad_w, pad_w, 0, 0), mode="reflect") if pad_w else out
+    k = kernel[radius - pad_w : radius + pad_w + 1]
+    out = F.conv2d(out, k.view(1, 1, 1, -1) / k.sum())
+    out = F.pad(out, (0, 0, pad_h, pad_h), mode="reflect") if pad_h else out
+    k = kernel[radius - pad_h : radius + pad_h + 1]
+    out = F.conv2d(out, k.view(1, 1, -1, 1) / k.sum())
+    return out.squeeze(1)
+
+
+def maps_to_native(
+    grid_maps: torch.Tensor,
+    sizes: Sequence[tuple[int, int]],
+    input_size: int,
+    sigma: float,
+) -> list[np.ndarray]:
+    """Upsample feature-grid maps to the network input, smooth them, resize to native size.
+
+    Parameters
+    ----------
+    grid_maps : float tensor (B, h, w) on the feature grid.
+    sizes : native (H_i, W_i) of each image.
+    input_size : side of the network input; ``sigma`` is in pixels at this scale.
+    sigma : standard deviation of the Gaussian smoothing (PatchCore and PaDiM use 4).
+
+    Returns
+    -------
+    B float32 arrays (H_i, W_i).
+    """
+    up = F.interpolate(
+        grid_maps.unsqueeze(1), size=(input_size, input_size), mode="bilinear",
+        align_corners=False,
+    ).squeeze(1)
+    up = gaussian_blur(up, sigma)
+    out = []
+    for i, (h, w) in enumerate(sizes):
+        native = F.interpolate(up[i][None, None], size=(h, w), mode="bilinear",
+                               align_corners=False)
+        out.append(native[0, 0].numpy().astype(np.float32, copy=True))
+    return out
+
+
+class Detector(ABC):
+    """Base of every anomaly detector: the common verbs and the file format.
+
+    Subclasses set ``name``, define ``__init__`` with keyword-only parameters stored under
+    the same attribute names, and implement ``fit``, ``_predict_batch``, ``_state`` and
+    ``_set_state``.
+    """
+
+    name: ClassVar[str]
+    #: Learned attribute that tells whether the detector is fitted.
+    _fitted_attr: ClassVar[str]
+
+    backbone: str
+    input_size: int
+    #: Strides of the backbone stages this detector uses.
+    _strides: ClassVar[tuple[int, ...]] = (8, 16)
+    #: True: the image score is the maximum of the smoothed native-size map.
+    _score_is_map_max: ClassVar[bool] = False
+
+    # -- parameters -------------------------------------------------------------------
+    def get_params(self) -> dict[str, Any]:
+        """The constructor arguments (the model's configuration), as a new dict."""
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {p: getattr(self, p) for p in names}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    # -- the verbs ----------------------------------------------------------------------
+    @abstractmethod
+    def fit(self: D, images: Sequence[ImageInput]) -> D:
+        """Learn from defect-free images (arrays (H, W[, 3]) uint8 or paths); return self."""
+
+    def predict(self, images: Sequence[ImageInput], batch_size: int = 8) -> Prediction:
+        """Score images and compute anomaly maps at each image's native size.
+
+        Parameters
+        ----------
+        images : uint8 arrays (H_i, W_i) or (H_i, W_i, 3), or image file paths.
+        batch_size : images per backbone forward pass.
+
+        Returns
+        -------
+        Prediction with ``scores`` (N,) float32 and N maps (H_i, W_i) float32.
+        """
+        self._check_fitted()
+        backbone = self._backbone()
+        scores: list[np.ndarray] = []
+        maps: list[np.ndarray] = []
+        with torch.inference_mode():
+            for batch in iter_batches(images, batch_size, f"Scoring with {self.name}"):
+                x = preprocess(batch, self.input_size, backbone.mean, backbone.std)
+                batch_scores, grid_maps = self._predict_batch(backbone(x))
+                sizes = [(img.shape[0], img.shape[1]) for img in batch]
+                batch_maps = maps_to_native(grid_maps, sizes, self.input_size, self._sigma())
+                if self._score_is_map_max:
+                    batch_scores = torch.tensor([float(m.max()) for m in batch_maps])
+                scores.append(batch_scores.numpy().astype(np.float32))
+                maps.extend(batch_maps)
+        all_scores = np.concatenate(scores) if scores else np.zeros(0, np.float32)
+        return Prediction(scores=all_scores, maps=maps)
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write ``model.json`` and ``weights.safetensors`` into ``directory`` (created if needed).
+
+        Other files in the directory are left alone; each file is replaced atomically.
+        """
+        from safetensors.numpy import save as save_arrays
+
+        self._check_fitted()
+        folder = Path(directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        arrays, extra = self._state()
+        meta = {
+            "format": FORMAT_VERSION,
+            "detector": self.name,
+            "params": self.get_params(),
+            "defectmap_version": __version__,
+            "backbone": self.backbone,
+            "state": extra,
+            "arrays": sorted(arrays),
+        }
+        contiguous = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+        atomic_write_bytes(folder / WEIGHTS_FILE, save_arrays(contiguous))
+        text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
+        atomic_write_bytes(folder / MODEL_JSON, text.encode("utf-8"))
+
+    @classmethod
+    def load(cls: type[D], directory: str | os.PathLike) -> D:
+        """Restore a detector saved by :meth:`save` (no unpickling).
+
+        Raises
+        ------
+        ModelFileError : a file is missing or invalid; the message names it.
+        """
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        folder = Path(directory)
+        meta = read_model_json(folder)
+        if meta["detector"] != cls.name:
+            raise ModelFileError(
+                f"{folder / MODEL_JSON}: holds a {meta['detector']!r} model, not {cls.name!r}"
+            )
+        try:
+            detector = cls(**meta["params"])
+        except TypeError as exc:
+            raise ModelFileError(f"{folder / MODEL_JSON}: invalid params ({exc})") from exc
+        weights = folder / WEIGHTS_FILE
+        if not weights.is_file():
+            raise ModelFileError(f"{weights}: missing")
+        try:
+            arrays = load_file(weights)
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ModelFileError(f"{weights}: not a valid safetensors file ({exc})") from exc
+        missing = set(meta.get("arrays", [])) - set(arrays)
+        if missing:
+            raise ModelFileError(f"{weights}: lacks the arrays {sorted(missing)}")
+        try:
+            detector._set_state(arrays, meta.get("state", {}))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ModelFileError(f"{folder}: inconsistent model files ({exc})") from exc
+        return detector
+
+    # -- for subclasses ---------------------------------------------------------------------
+    @abstractmethod
+    def _predict_batch(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image scores (B,) and feature-grid maps (B, h, w) from backbone features."""
+
+    @abstractmethod
+    def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Learned arrays (for safetensors) and JSON-able non-array state."""
+
+    @abstractmethod
+    def _set_state(self, arrays: dict[str, np.ndarray], extra: dict[str, Any]) -> None:
+        """Inverse of :meth:`_state`."""
+
+    def _sigma(self) -> float:
+        return float(getattr(self, "sigma", 4.0))
+
+    def _backbone(self) -> Backbone:
+        return load_backbone(self.backbone, self._strides)
+
+    def _check_fitted(self) -> None:
+        if getattr(self, self._fitted_attr, None) is None:
+            raise NotFittedError(
+                f"this {self.name} detector is not fitted: call fit(images) or load a saved model"
+            )
+
+    def _extract(
+        self, images: Sequence[ImageInput], batch_size: int, description: str,
+        embed: Callable[[list[torch.Tensor]], torch.Tensor],
+    ) -> Iterator[torch.Tensor]:
+        """Yield ``embed(backbone(batch))`` for each batch of images, without gradients."""
+        backbone = self._backbone()
+        for batch in iter_batches(images, batch_size, description):
+            with torch.inference_mode():
+                x = preprocess(batch, self.input_size, backbone.mean, backbone.std)
+                yield embed(backbone(x))

@@ -1,0 +1,407 @@
+"""The inspection model: a fitted detector plus its calibration, trained, saved and loaded as one.
+
+:func:`train_model` splits ``train/good`` into a fitting set and a validation set (or takes a
+separate validation folder), fits the detector on the first, calibrates thresholds and score
+normalisation on the second (see :mod:`defectmap.calibrate`) and writes one model directory::
+
+    out_dir/
+      model.json            detector name, params, package version, non-array state
+      weights.safetensors   the detector's learned arrays
+      calibration.json      thresholds, alpha, validation scores and statistics
+      training.json         category, dataset root, fit/validation counts and file stems,
+                            random_state, alpha, timestamps, package version
+
+The test split is never read. The directory is built beside ``out_dir`` under a temporary
+name and renamed into place when complete, so an existing model is only replaced by a whole
+new one. :func:`load_model` restores it; :meth:`InspectionModel.inspect` turns images into
+per-image :class:`Inspection` results (used by ``predict``, the service and the report).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from defectmap import __version__
+from defectmap.calibrate import (
+    CALIBRATION_FILE,
+    DEFAULT_ALPHA,
+    DEFAULT_PIXEL_FPR,
+    Calibration,
+    Region,
+    fit_calibration,
+    split_validation,
+)
+from defectmap.data.records import CategoryData, Sample
+from defectmap.errors import DatasetError, ModelFileError
+
+if TYPE_CHECKING:
+    from defectmap.detectors import Detector
+    from defectmap.features.preprocess import ImageInput
+
+__all__ = ["TRAINING_FILE", "Inspection", "InspectionModel", "load_model", "train_model"]
+
+TRAINING_FILE = "training.json"
+MODEL_FILE = "model.json"  # written by the detector (defectmap.detectors.base.MODEL_JSON)
+_HASH_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: arrays have no single truth value
+class Inspection:
+    """The result for one image.
+
+    Attributes
+    ----------
+    score : raw anomaly score (higher = more anomalous).
+    normalized_score : in (0, 1), 0.5 at the image threshold; None without calibration.
+    decision : ``"ok"`` or ``"defect"`` (score strictly above the threshold); None without
+        calibration.
+    p_value : conformal p-value ``(1 + #{validation scores >= score}) / (n_val + 1)``; small
+        means unlike the good validation images. None without calibration.
+    regions : connected regions of the predicted defect mask, highest peak first (empty
+        without a pixel threshold). They are computed whatever the decision.
+    anomaly_map : raw anomaly map, float32 (H, W) at the image's native size.
+    mask : predicted defect mask, bool (H, W); None without a pixel threshold.
+    """
+
+    score: float
+    normalized_score: float | None
+    decision: str | None
+    p_value: float | None
+    regions: list[Region] = field(default_factory=list)
+    anomaly_map: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    mask: np.ndarray | None = None
+
+    @property
+    def is_defect(self) -> bool | None:
+        """True for a defect decision, None without calibration."""
+        return None if self.decision is None else self.decision == "defect"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (without the map and the mask)."""
+        return {
+            "score": self.score,
+            "normalized_score": self.normalized_score,
+            "decision": self.decision,
+            "p_value": self.p_value,
+            "regions": [r.to_dict() for r in self.regions],
+            "map_shape": list(self.anomaly_map.shape),
+        }
+
+
+def _hash_directory(directory: Path) -> str:
+    """sha256 over the directory's files: relative name, size and bytes, sorted by name."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    for path in files:
+        name = path.relative_to(directory).as_posix().encode("utf-8")
+        digest.update(len(name).to_bytes(8, "little") + name)
+        digest.update(path.stat().st_size.to_bytes(8, "little"))
+        with path.open("rb") as handle:
+            while chunk := handle.read(_HASH_CHUNK):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+class InspectionModel:
+    """A detector with its calibration and training summary.
+
+    Parameters
+    ----------
+    detector : a fitted :class:`~defectmap.detectors.Detector`.
+    calibration : thresholds from good validation images, or None (raw scores only).
+    info : the training summary (contents of ``training.json``; may be empty).
+    directory : the model directory it was loaded from / saved to, if any.
+    model_hash : sha256 of that directory's files; computed from ``directory`` when omitted.
+    """
+
+    def __init__(
+        self,
+        detector: Detector,
+        calibration: Calibration | None,
+        info: dict[str, Any],
+        *,
+        directory: str | os.PathLike[str] | None = None,
+        model_hash: str | None = None,
+    ) -> None:
+        self.detector = detector
+        self.calibration = calibration
+        self.info = dict(info)
+        self.directory = None if directory is None else Path(directory)
+        if model_hash is None and self.directory is not None:
+            model_hash = _hash_directory(self.directory)
+        self._model_hash = model_hash
+
+    @property
+    def model_hash(self) -> str | None:
+        """sha256 (hex) over the model directory's files (names, sizes and bytes, sorted by
+        name) at load/save time; None for a model that was never saved."""
+        return self._model_hash
+
+    def inspect(self, images: Sequence[ImageInput], batch_size: int = 8) -> list[Inspection]:
+        """Score, decide and segment images.
+
+        Parameters
+        ----------
+        images : uint8 arrays (H_i, W_i[, 3]) or image file paths.
+        batch_size : images per forward pass of the backbone.
+
+        Returns
+        -------
+        list[Inspection]
+            One per image, in input order; maps at each image's native size.
+        """
+        if len(images) == 0:
+            return []
+        prediction = self.detector.predict(images, batch_size=batch_size)
+        scores = np.asarray(prediction.scores, dtype=np.float64)
+        cal = self.calibration
+        if cal is None:
+            return [
+                Inspection(float(s), None, None, None, [], m, None)
+                for s, m in zip(scores, prediction.maps, strict=True)
+            ]
+        normalized = cal.normalize(scores)
+        p_values = cal.p_values(scores)
+        decisions = cal.decide(scores)
+        out = []
+        for i, anomaly_map in enumerate(prediction.maps):
+            mask: np.ndarray | None = None
+            regions: list[Region] = []
+            if cal.pixel_threshold is not None:
+                mask, regions = cal.segment(anomaly_map)
+            out.append(
+                Inspection(
+                    score=float(scores[i]),
+                    normalized_score=float(normalized[i]),
+                    decision="defect" if decisions[i] else "ok",
+                    p_value=float(p_values[i]),
+                    regions=regions,
+                    anomaly_map=anomaly_map,
+                    mask=mask,
+                )
+            )
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready description for humans and the service's ``/v1/model``.
+
+        Keys: ``detector``, ``params``, ``model_hash``, ``package_version``, ``calibrated``,
+        ``thresholds`` (None without calibration), ``validation_scores`` (statistics) and
+        ``training`` (the training summary without the per-file stem lists).
+        """
+        cal = self.calibration
+        thresholds = None
+        validation = None
+        if cal is not None:
+            thresholds = {
+                key: getattr(cal, key)
+                for key in ("alpha", "image_threshold", "pixel_threshold", "pixel_fpr", "n_val",
+                            "guarantee_holds", "false_alarm_bound", "min_region_area", "warning")
+            }
+            validation = cal.val_score_stats
+        training = {k: v for k, v in self.info.items() if not k.endswith("_stems")}
+        return {
+            "detector": self.detector.name,
+            "params": self.detector.get_params(),
+            "model_hash": self.model_hash,
+            "package_version": self.info.get("package_version", __version__),
+            "calibrated": cal is not None,
+            "thresholds": thresholds,
+            "validation_scores": validation,
+            "training": training,
+        }
+
+    def __repr__(self) -> str:
+        hash_part = "" if self.model_hash is None else f", hash={self.model_hash[:12]}"
+        return f"InspectionModel({self.detector!r}, calibrated={self.calibration is not None}" \
+               f"{hash_part})"
+
+
+def load_model(directory: str | os.PathLike[str]) -> InspectionModel:
+    """Load a model directory written by :func:`train_model` (or a bare saved detector).
+
+    ``calibration.json`` and ``training.json`` are optional: without them the model gives raw
+    scores only. Raises :class:`~defectmap.errors.ModelFileError` naming the bad file.
+    """
+    from defectmap.detectors import load_detector
+
+    folder = Path(directory)
+    if not folder.is_dir():
+        raise ModelFileError(f"{folder}: model directory not found")
+    model_hash = _hash_directory(folder)  # hash first: describes the bytes about to be read
+    detector = load_detector(folder)
+    calibration = Calibration.load(folder) if (folder / CALIBRATION_FILE).exists() else None
+    info: dict[str, Any] = {}
+    training = folder / TRAINING_FILE
+    if training.exists():
+        try:
+            info = json.loads(training.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelFileError(f"{training}: cannot read training summary ({exc})") from None
+        if not isinstance(info, dict):
+            raise ModelFileError(f"{training}: not a JSON object")
+    return InspectionModel(detector, calibration, info, directory=folder, model_hash=model_hash)
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    """Refuse to replace something that is not a defectmap model (or an empty folder)."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ModelFileError(f"{out_dir}: exists and is not a directory")
+    if any(out_dir.iterdir()) and not (out_dir / MODEL_FILE).is_file():
+        raise ModelFileError(
+            f"{out_dir}: exists, is not empty and holds no {MODEL_FILE}; refusing to replace it"
+        )
+
+
+def _move_into_place(tmp_dir: Path, out_dir: Path) -> None:
+    """Rename the complete ``tmp_dir`` to ``out_dir``, replacing an old model only then."""
+    _check_replaceable(out_dir)
+    if not out_dir.exists():
+        os.replace(tmp_dir, out_dir)
+        return
+    backup = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
+    os.replace(out_dir, backup)
+    try:
+        os.replace(tmp_dir, out_dir)
+    except BaseException:
+        os.replace(backup, out_dir)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def _stems(items: Sequence[Sample | Path]) -> list[str]:
+    return [item.stem for item in items]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def train_model(
+    category_data: CategoryData,
+    out_dir: str | os.PathLike[str],
+    detector: str = "patchcore",
+    detector_params: dict[str, Any] | None = None,
+    val_ratio: float = 0.1,
+    min_val: int = 10,
+    alpha: float = DEFAULT_ALPHA,
+    random_state: int = 0,
+    *,
+    pixel_fpr: float = DEFAULT_PIXEL_FPR,
+    min_region_area: int = 1,
+    validation_images: Sequence[str | os.PathLike[str]] | None = None,
+    batch_size: int = 8,
+) -> InspectionModel:
+    """Fit a detector on good training images, calibrate it on held-out good images, save both.
+
+    Parameters
+    ----------
+    category_data : the category; only ``category_data.train`` (its good images) is used.
+    out_dir : model directory to write (replaced atomically if it holds a model already).
+    detector : registered detector name.
+    detector_params : its constructor arguments. ``random_state`` seeds it too unless these
+        set their own.
+    val_ratio, min_val : validation share of ``train/good`` (see
+        :func:`~defectmap.calibrate.split_validation`).
+    alpha : target false-alarm rate of the image threshold.
+    random_state : seed of the split (and of the detector, see above).
+    pixel_fpr : target pixel false-positive rate on good validation pixels.
+    min_region_area : smallest region (pixels) kept in predicted masks.
+    validation_images : a separate folder's good images (paths) used for calibration instead
+        of a split; then every ``train/good`` image fits the detector.
+    batch_size : images per forward pass when scoring the validation images.
+
+    Returns
+    -------
+    InspectionModel
+        The trained model, with ``directory = out_dir`` and its ``model_hash``.
+
+    Raises
+    ------
+    DatasetError : no good training images.
+    CalibrationError : too few images for the split, or invalid alpha / pixel_fpr.
+    ModelFileError : ``out_dir`` exists and is not a model directory.
+    """
+    from defectmap.detectors import create_detector
+
+    started_at, t0 = _now(), time.perf_counter()
+    out_dir = Path(out_dir)
+    _check_replaceable(out_dir)  # fail before the (long) fit, not after
+    good = [s for s in category_data.train if s.label == 0]
+    if not good:
+        raise DatasetError(f"{category_data.root}: no good training images to fit on")
+    validation: list[Sample] | list[Path]
+    if validation_images is None:
+        fit_samples, validation = split_validation(good, val_ratio, min_val, random_state)
+        source = "split of train/good"
+    else:
+        fit_samples, validation = good, [Path(p) for p in validation_images]
+        source = "separate validation images"
+        if not validation:
+            raise DatasetError("validation_images is empty")
+
+    params = dict(detector_params or {})
+    if "random_state" not in params and "random_state" in create_detector(detector, **params)\
+            .get_params():
+        params["random_state"] = random_state
+    model = create_detector(detector, **params)
+    model.fit([s.path for s in fit_samples])
+    fit_seconds = time.perf_counter() - t0
+    val_paths = [s.path if isinstance(s, Sample) else s for s in validation]
+    prediction = model.predict(val_paths, batch_size=batch_size)
+    calibration = fit_calibration(prediction.scores, prediction.maps, alpha=alpha,
+                                  pixel_fpr=pixel_fpr, min_region_area=min_region_area)
+    info = {
+        "format": "defectmap-training",
+        "format_version": 1,
+        "package_version": __version__,
+        "category": category_data.name,
+        "dataset_root": str(Path(category_data.root).resolve()),
+        "layout": category_data.layout,
+        "detector": detector,
+        "detector_params": model.get_params(),
+        "validation_source": source,
+        "n_train_good": len(good),
+        "n_fit": len(fit_samples),
+        "n_val": len(validation),
+        "fit_stems": _stems(fit_samples),
+        "val_stems": _stems(validation),
+        "val_ratio": val_ratio,
+        "min_val": min_val,
+        "random_state": random_state,
+        "alpha": alpha,
+        "pixel_fpr": pixel_fpr,
+        "min_region_area": min_region_area,
+        "started_at": started_at,
+        "finished_at": _now(),
+        "fit_seconds": round(fit_seconds, 3),
+        "calibrate_seconds": round(time.perf_counter() - t0 - fit_seconds, 3),
+    }
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp_dir.mkdir()
+        model.save(tmp_dir)
+        calibration.save(tmp_dir)
+        text = json.dumps(info, indent=2, allow_nan=False) + "\n"
+        (tmp_dir / TRAINING_FILE).write_text(text, encoding="utf-8")
+        _move_into_place(tmp_dir, out_dir)
+    except BaseException:  # incl. Ctrl-C: leave no half-written directory behind
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return InspectionModel(model, calibration, info, directory=out_dir)

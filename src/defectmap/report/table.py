@@ -1,0 +1,140 @@
+"""The paper-style benchmark table: one row per category, a mean row, one column block per
+detector (image AUROC, pixel AUROC, AU-PRO), as Markdown, CSV, JSON and a rich table.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from defectmap.report.files import write_json, write_text
+
+__all__ = ["COLUMNS", "build_table", "to_markdown", "to_csv", "to_rich", "write_tables"]
+
+#: (metrics key, column title) of each detector's block.
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("image_auroc", "image AUROC"),
+    ("pixel_auroc", "pixel AUROC"),
+    ("aupro", "AU-PRO"),
+)
+
+
+def build_table(rows: Sequence[Mapping[str, Any]], detectors: Sequence[str]) -> dict[str, Any]:
+    """Arrange per-pair metrics into the table.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        Metrics of each (category, detector) pair, with ``category`` and ``detector`` keys.
+    detectors : sequence of str
+        Column blocks, in order.
+
+    Returns
+    -------
+    dict
+        ``{"detectors": [...], "columns": [...], "rows": [{"category": c, d: {key: value}}],
+        "mean": {d: {key: mean over the categories that have a value, or None}}}``.
+
+    Examples
+    --------
+    >>> t = build_table([{"category": "a", "detector": "p", "image_auroc": 0.5},
+    ...                  {"category": "b", "detector": "p", "image_auroc": 1.0}], ["p"])
+    >>> t["mean"]["p"]["image_auroc"]
+    0.75
+    """
+    categories = list(dict.fromkeys(str(r["category"]) for r in rows))
+    lookup = {(str(r["category"]), str(r["detector"])): r for r in rows}
+    table_rows: list[dict[str, Any]] = []
+    for category in categories:
+        row: dict[str, Any] = {"category": category}
+        for det in detectors:
+            found = lookup.get((category, det), {})
+            row[det] = {key: found.get(key) for key, _ in COLUMNS}
+        table_rows.append(row)
+    mean: dict[str, Any] = {}
+    for det in detectors:
+        mean[det] = {}
+        for key, _ in COLUMNS:
+            values = [r[det][key] for r in table_rows if r[det][key] is not None]
+            mean[det][key] = float(np.mean(values)) if values else None
+    return {"detectors": list(detectors), "columns": [k for k, _ in COLUMNS],
+            "rows": table_rows, "mean": mean}
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.3f}"
+
+
+def _flat_rows(table: Mapping[str, Any]) -> list[list[str]]:
+    """Body rows (categories, then ``mean``) as lists of cell strings."""
+    out = []
+    for row in [*table["rows"], {"category": "mean", **table["mean"]}]:
+        cells = [str(row["category"])]
+        for det in table["detectors"]:
+            cells += [_cell(row[det][key]) for key, _ in COLUMNS]
+        out.append(cells)
+    return out
+
+
+def _header(table: Mapping[str, Any]) -> list[str]:
+    return ["category"] + [f"{det} {title}" for det in table["detectors"]
+                           for _, title in COLUMNS]
+
+
+def to_markdown(table: Mapping[str, Any]) -> str:
+    """The table as GitHub Markdown; the mean row in bold."""
+    header = _header(table)
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
+    body = _flat_rows(table)
+    for i, cells in enumerate(body):
+        if i == len(body) - 1:
+            cells = [f"**{c}**" for c in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(table: Mapping[str, Any]) -> str:
+    """The table as CSV (one header line; empty cells for missing values)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(_header(table))
+    for cells in _flat_rows(table):
+        writer.writerow(["" if c == "-" else c for c in cells])
+    return buf.getvalue()
+
+
+def to_rich(table: Mapping[str, Any], title: str = "benchmark") -> Any:
+    """The table as a ``rich.table.Table`` (one column block per detector)."""
+    from rich.table import Table
+
+    rich_table = Table(title=title)
+    rich_table.add_column("category", style="bold")
+    for det in table["detectors"]:
+        for _, col_title in COLUMNS:
+            rich_table.add_column(f"{det}\n{col_title}", justify="right")
+    body = _flat_rows(table)
+    for i, cells in enumerate(body):
+        rich_table.add_row(*cells, end_section=(i == len(body) - 2),
+                           style="bold" if i == len(body) - 1 else None)
+    return rich_table
+
+
+def write_tables(result: Mapping[str, Any], out_dir: str | Path) -> dict[str, Any]:
+    """Write ``table.md``, ``table.csv`` and ``table.json`` into ``out_dir``; return the table.
+
+    ``result`` is what :func:`defectmap.evaluate.run_benchmark` returns (``rows``,
+    ``missing``, ``detectors``); ``table.json`` also keeps every pair's full metrics.
+    """
+    out = Path(out_dir)
+    table = build_table(result["rows"], result["detectors"])
+    write_text(out / "table.md", to_markdown(table))
+    write_text(out / "table.csv", to_csv(table))
+    write_json(out / "table.json", {**table, "missing": result["missing"],
+                                    "pairs": result["rows"]})
+    return table

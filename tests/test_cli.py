@@ -1,0 +1,208 @@
+"""The model commands end to end on the synthetic fixture: fit -> predict -> evaluate ->
+benchmark -> demo, checking the numbers they write, and their error paths."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from defectmap.cli._common import run_app
+from defectmap.data.io import read_mask
+from defectmap.data.mvtec import load_category
+from defectmap.metrics import category_metrics
+from defectmap.pipeline import load_model
+
+SIZE = ["--image-size", "96"]  # small network input keeps every fit to seconds
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
+    rc = run_app([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def model_dir(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "model"
+    rc = run_app(["fit", str(synthetic_root), "--category", "synthetic", *SIZE,
+                  "--seed", "3", "--out", str(out)])
+    assert rc == 0
+    return out
+
+
+def test_fit_writes_a_loadable_calibrated_model(model_dir: Path) -> None:
+    assert {"model.json", "weights.safetensors", "calibration.json", "training.json"} <= {
+        p.name for p in model_dir.iterdir()}
+    model = load_model(model_dir)
+    assert model.detector.name == "patchcore"
+    assert model.detector.get_params()["input_size"] == 96
+    assert model.info["random_state"] == 3 and model.info["n_val"] == 10
+    assert model.calibration is not None and model.calibration.n_val == 10
+
+
+def test_predict_scores_equal_inspect(model_dir: Path, synthetic_root: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    test_dir = synthetic_root / "synthetic" / "test"
+    defect = sorted((test_dir / "scratch").glob("*.png"))[0]
+    out = tmp_path / "pred"
+    rc, stdout, err = run(capsys, "predict", model_dir, test_dir / "good", defect, "--out", out)
+    assert rc == 0, err
+    paths = sorted((test_dir / "good").glob("*.png")) + [defect]
+    with open(out / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [Path(r["image"]) for r in rows] == paths
+    expected = load_model(model_dir).inspect(paths)
+    assert [float(r["score"]) for r in rows] == [e.score for e in expected]
+    assert [float(r["p_value"]) for r in rows] == [e.p_value for e in expected]
+    assert [float(r["normalized_score"]) for r in rows] == [e.normalized_score for e in expected]
+    assert [r["decision"] for r in rows] == [e.decision for e in expected]
+    assert [int(r["n_regions"]) for r in rows] == [len(e.regions) for e in expected]
+    results = json.loads((out / "results.json").read_text())
+    assert results["n_images"] == len(paths)
+    assert results["model_hash"] == load_model(model_dir).model_hash
+    assert [r["score"] for r in results["results"]] == [e.score for e in expected]
+    # Names repeat ("000.png" in good/ and scratch/): the second one gets a suffix.
+    assert rows[-1]["map"] == "maps/000_2.tiff"
+    for row, e in zip(rows, expected, strict=True):
+        np.testing.assert_array_equal(tifffile.imread(out / row["map"]), e.anomaly_map)
+        with Image.open(out / row["overlay"]) as overlay:
+            assert overlay.size == (128, 128)
+    assert f"of {len(paths)} flagged" in stdout
+
+
+def test_evaluate_metrics_equal_recomputation(model_dir: Path, synthetic_root: Path,
+                                              tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "eval"
+    rc, stdout, err = run(capsys, "evaluate", model_dir, synthetic_root, "--category",
+                          "synthetic", "--out", out)
+    assert rc == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    data = load_category(synthetic_root, "synthetic")
+    maps = [tifffile.imread(out / "maps" / "synthetic" / "test" / s.defect_type
+                            / f"{s.stem}.tiff") for s in data.test]
+    masks = [read_mask(s.mask_path) if s.mask_path else np.zeros(m.shape, bool)
+             for s, m in zip(data.test, maps, strict=True)]
+    scores = [i["score"] for i in metrics["images"]]
+    assert scores == [e.score for e in load_model(model_dir).inspect([s.path for s in data.test])]
+    expected = category_metrics(scores, [s.label for s in data.test],
+                                [s.defect_type for s in data.test], maps, masks)
+    for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "n_images"):
+        assert metrics[key] == pytest.approx(expected[key], rel=1e-12), key
+    assert (out / "report.html").is_file()
+    assert f"{metrics['image_auroc']:.3f}" in stdout and "report:" in stdout
+
+
+def test_benchmark_table_and_missing_category(synthetic_root: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench"
+    rc, stdout, err = run(capsys, "benchmark", synthetic_root, "--category", "synthetic",
+                          "--category", "carpet", *SIZE, "--out", out)
+    assert rc == 0, err
+    assert "skipped carpet: not found on disk" in " ".join(err.split())
+    pair = json.loads((out / "synthetic" / "patchcore" / "eval" / "metrics.json").read_text())
+    table = json.loads((out / "table.json").read_text())
+    assert table["missing"] == [{"category": "carpet", "reason": "not found on disk"}]
+    assert [r["category"] for r in table["rows"]] == ["synthetic"]
+    for key in ("image_auroc", "pixel_auroc", "aupro"):
+        assert table["rows"][0]["patchcore"][key] == pair[key]
+        assert table["mean"]["patchcore"][key] == pair[key]  # one category: mean = it
+    md = (out / "table.md").read_text()
+    cells = f"| synthetic | {pair['image_auroc']:.3f} | {pair['pixel_auroc']:.3f} | " \
+            f"{pair['aupro']:.3f} |"
+    assert cells in md
+    with open(out / "table.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[1][0] == "synthetic" and float(rows[1][1]) == round(pair["image_auroc"], 3)
+    assert (out / "synthetic" / "patchcore" / "model" / "model.json").is_file()
+    assert f"{pair['image_auroc']:.3f}" in stdout and "mean" in stdout
+
+
+def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import defectmap.cli.model as model_cli
+
+    # The real demo (40 train / 30 test at 160 px) is timed by hand; here a smaller one.
+    monkeypatch.setattr(model_cli, "DEMO_N_TRAIN", 14)
+    monkeypatch.setattr(model_cli, "DEMO_N_TEST", 6)
+    monkeypatch.setattr(model_cli, "DEMO_SIZE", 64)
+    monkeypatch.setattr(model_cli, "DEMO_INPUT_SIZE", 64)
+    rc, stdout, err = run(capsys, "demo", "--out", tmp_path / "demo")
+    assert rc == 0, err
+    table = json.loads((tmp_path / "demo" / "table.json").read_text())
+    auroc = table["rows"][0]["patchcore"]["image_auroc"]
+    assert 0.0 <= auroc <= 1.0
+    assert f"{auroc:.3f}" in stdout
+    report = tmp_path / "demo" / "synthetic" / "patchcore" / "eval" / "report.html"
+    assert report.is_file()
+    assert "demo finished" in stdout and "report.html" in stdout
+
+
+@pytest.mark.parametrize("command", ["fit", "predict", "evaluate", "benchmark", "demo"])
+def test_help_has_an_example(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, stdout, _ = run(capsys, command, "--help")
+    assert rc == 0
+    assert "Example: defectmap " + command in " ".join(stdout.split())
+
+
+def _one_error_line(err: str) -> str:
+    """The error message with rich's line wrapping undone.
+
+    run_app prints one message; rich folds it at the console width (80 columns when not a
+    terminal), splitting even long paths, so the newlines are removed before matching.
+    """
+    assert "Traceback" not in err
+    assert err.count("error:") == 1, err
+    return err.replace("\n", "")
+
+
+def test_error_paths_exit_1_with_one_message(synthetic_root: Path, model_dir: Path,
+                                             tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = run(capsys, "fit", tmp_path / "nowhere", "--category", "bottle",
+                     "--out", tmp_path / "m")
+    assert rc == 1 and "not found" in _one_error_line(err)
+    rc, _, err = run(capsys, "fit", synthetic_root, "--category", "synthetic",
+                     "--detector", "nosuch", "--out", tmp_path / "m")
+    assert rc == 1
+    assert err.startswith("error: unknown detector 'nosuch'; known detectors: ")
+    assert err.count("\n") == 1 and "patchcore" in err  # a short message: one line
+    assert not (tmp_path / "m").exists()
+    rc, _, err = run(capsys, "benchmark", synthetic_root, "--detector", "nosuch",
+                     "--out", tmp_path / "b")
+    assert rc == 1 and "patchcore" in _one_error_line(err)  # lists the known ones
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc, _, err = run(capsys, "predict", empty, synthetic_root, "--out", tmp_path / "p")
+    assert rc == 1 and "model.json" in _one_error_line(err)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in model_dir.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "weights.safetensors").write_bytes(b"not safetensors")
+    rc, _, err = run(capsys, "evaluate", broken, synthetic_root, "--category", "synthetic",
+                     "--out", tmp_path / "e")
+    assert rc == 1 and "weights.safetensors" in _one_error_line(err)
+    rc, _, err = run(capsys, "predict", model_dir, tmp_path / "missing.png",
+                     "--out", tmp_path / "p")
+    assert rc == 1 and "missing.png" in _one_error_line(err)
+    rc, _, err = run(capsys, "evaluate", model_dir, synthetic_root, "--category", "nosuch",
+                     "--out", tmp_path / "e")
+    assert rc == 1 and "nosuch" in _one_error_line(err)
+    assert not (tmp_path / "e").exists() and not (tmp_path / "p").exists()
+
+
+def test_console_script_prints_no_traceback(tmp_path: Path) -> None:
+    exe = Path(sys.executable).with_name("defectmap")
+    proc = subprocess.run([str(exe), "predict", str(tmp_path), str(tmp_path), "--out",
+                           str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr and proc.stderr.startswith("error:")

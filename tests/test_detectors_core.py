@@ -1,0 +1,124 @@
+"""Compute cores of the detectors against brute-force references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+
+from defectmap.detectors.base import gaussian_blur, maps_to_native
+from defectmap.detectors.neighbors import (
+    greedy_coreset,
+    nearest_neighbors,
+    nearest_neighbors_faiss,
+)
+
+
+def _points(n: int, d: int, seed: int = 0) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32))
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_chunked_nearest_neighbors_match_brute_force(k: int) -> None:
+    queries, bank = _points(257, 12, 1), _points(300, 12, 2)
+    dist, idx = nearest_neighbors(queries, bank, k, chunk_size=50)
+    full = torch.cdist(queries.double(), bank.double())
+    ref_dist, ref_idx = torch.topk(full, k, dim=1, largest=False)
+    assert dist.shape == (257, k) and idx.shape == (257, k)
+    np.testing.assert_allclose(dist.numpy(), ref_dist.numpy(), rtol=1e-4, atol=1e-4)
+    assert (idx == ref_idx).float().mean() > 0.99  # ties aside, same neighbours
+    f_dist, f_idx = nearest_neighbors_faiss(queries, bank, k)
+    np.testing.assert_allclose(f_dist.numpy(), ref_dist.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def _reference_greedy(x: np.ndarray, n_select: int, start: int) -> list[int]:
+    chosen = [start]
+    min_d = ((x - x[start]) ** 2).sum(1)
+    for _ in range(1, n_select):
+        nxt = int(np.argmax(min_d))
+        chosen.append(nxt)
+        min_d = np.minimum(min_d, ((x - x[nxt]) ** 2).sum(1))
+    return chosen
+
+
+def test_greedy_coreset_matches_reference_without_projection() -> None:
+    x = _points(400, 6, 3).double().float()
+    rng = np.random.default_rng(5)
+    start = int(np.random.default_rng(5).integers(400))
+    got = greedy_coreset(x, 25, rng, projection_dim=None)
+    assert got.tolist() == _reference_greedy(x.numpy().astype(np.float64), 25, start)
+    assert len(set(got.tolist())) == 25
+
+
+def test_greedy_coreset_covers_clusters_and_respects_bounds() -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((5, 32)) * 50
+    x = torch.from_numpy(
+        (centres[rng.integers(0, 5, 1000)] + rng.standard_normal((1000, 32))).astype(np.float32)
+    )
+    idx = greedy_coreset(x, 5, np.random.default_rng(1), projection_dim=16)
+    labels = np.argmin(((x.numpy()[idx, None, :] - centres[None]) ** 2).sum(2), axis=1)
+    assert sorted(labels.tolist()) == [0, 1, 2, 3, 4]  # one centre per cluster
+    with pytest.raises(ValueError):
+        greedy_coreset(x, 0, np.random.default_rng(0))
+    with pytest.raises(ValueError):
+        greedy_coreset(x, 1001, np.random.default_rng(0))
+
+
+def test_gaussian_blur_matches_scipy_mirror() -> None:
+    maps = _points(2 * 40 * 30, 1, 4).reshape(2, 40, 30)
+    got = gaussian_blur(maps, 4.0).numpy()
+    ref = np.stack([gaussian_filter(m, 4.0, mode="mirror", truncate=4.0) for m in maps.numpy()])
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_maps_to_native_sizes_and_constant_map() -> None:
+    grid = torch.full((2, 4, 4), 3.0)
+    out = maps_to_native(grid, [(50, 70), (9, 5)], 32, 4.0)
+    assert [m.shape for m in out] == [(50, 70), (9, 5)]
+    assert all(m.dtype == np.float32 for m in out)
+    np.testing.assert_allclose(out[0], 3.0, rtol=1e-6)
+
+
+def test_padim_mahalanobis_matches_numpy() -> None:
+    from defectmap.detectors import PaDiM
+
+    rng = np.random.default_rng(0)
+    d, h, w = 5, 2, 3
+    a = rng.standard_normal((h * w, d, d))
+    inv = np.einsum("pij,pkj->pik", a, a) + np.eye(d)
+    mean = rng.standard_normal((h * w, d))
+    det = PaDiM(n_features=d)
+    det._set_state(
+        {"mean": mean.astype(np.float32), "inv_covariance": inv.astype(np.float32),
+         "channel_indices": np.array([0, 2, 3, 6, 7])},
+        {"grid_shape": [h, w]},
+    )
+    feats = [torch.from_numpy(rng.standard_normal((2, 4, 2 * h, 2 * w)).astype(np.float32)),
+             torch.from_numpy(rng.standard_normal((2, 4, h, w)).astype(np.float32))]
+    scores, grid = det._predict_batch(feats)
+    emb = det._embed(feats).numpy().reshape(2, d, h * w)
+    diff = emb.transpose(0, 2, 1) - mean[None]
+    ref = np.sqrt(np.einsum("bpi,pij,bpj->bp", diff, inv, diff)).reshape(2, h, w)
+    np.testing.assert_allclose(grid.numpy(), ref, rtol=1e-4)
+    np.testing.assert_allclose(scores.numpy(), ref.reshape(2, -1).max(1), rtol=1e-4)
+
+
+def test_patchcore_reweighting_follows_eq7() -> None:
+    from defectmap.detectors import PatchCore
+
+    bank = _points(50, 8, 6)
+    det = PatchCore(n_neighbors=3)
+    det._set_state({"memory_bank": bank.numpy()}, {})
+    queries = _points(6, 8, 7).reshape(1, 6, 8)
+    dist, idx = nearest_neighbors(queries[0], bank, 1)
+    patch_scores, nn_index = dist[:, 0].reshape(1, 6), idx[:, 0].reshape(1, 6)
+    got = float(det._reweight(queries, patch_scores, nn_index)[0])
+    best = int(patch_scores.argmax())
+    m_test, m_star = queries[0, best].double(), bank[nn_index[0, best]].double()
+    support = torch.argsort(torch.cdist(m_star[None], bank.double())[0])[:3]
+    d = torch.linalg.vector_norm(m_test[None] - bank[support].double(), dim=1)
+    expected = (1 - torch.exp(d[0]) / torch.exp(d).sum()) * patch_scores.max().double()
+    assert got == pytest.approx(float(expected), rel=1e-5)
+    assert 0 < got < float(patch_scores.max())

@@ -1,0 +1,181 @@
+"""evaluate_model on the synthetic fixture: numbers, official map layout, atomic output."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tifffile
+
+from defectmap.data.io import read_mask
+from defectmap.data.mvtec import load_category
+from defectmap.data.records import CategoryData
+from defectmap.errors import DefectmapError
+from defectmap.evaluate import evaluate_model
+from defectmap.metrics import category_metrics
+from defectmap.pipeline import InspectionModel, train_model
+
+INPUT_SIZE = 96  # small network input: the whole file runs in seconds
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory
+            ) -> tuple[CategoryData, InspectionModel]:
+    data = load_category(synthetic_root, "synthetic")
+    out = tmp_path_factory.mktemp("evaluate") / "model"
+    with pytest.warns(Warning):  # 10 validation images: too few for alpha=0.01
+        model = train_model(data, out, detector_params={"input_size": INPUT_SIZE})
+    return data, model
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained: tuple[CategoryData, InspectionModel],
+              tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    data, model = trained
+    out = tmp_path_factory.mktemp("evaluate") / "eval"
+    return out, evaluate_model(model, data, out, max_gallery=4)
+
+
+def _small(data: CategoryData, n_each: int = 2) -> CategoryData:
+    """The first good and the first defective test images only (fast re-evaluations)."""
+    good = [s for s in data.test if s.label == 0][:n_each]
+    bad = [s for s in data.test if s.label == 1][:n_each]
+    return dataclasses.replace(data, test=good + bad)
+
+
+def test_metrics_json_matches_a_recomputation_from_the_tiff_maps(
+    evaluated: tuple[Path, dict[str, Any]], trained: tuple[CategoryData, InspectionModel]
+) -> None:
+    out, returned = evaluated
+    data, model = trained
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk == returned
+    assert on_disk["category"] == "synthetic" and on_disk["detector"] == "patchcore"
+    assert on_disk["n_images"] == len(data.test) == 16
+
+    maps, masks = [], []
+    for sample in data.test:
+        tiff = out / "maps" / "synthetic" / "test" / sample.defect_type / f"{sample.stem}.tiff"
+        amap = tifffile.imread(tiff)
+        assert amap.dtype == np.float32 and amap.shape == (128, 128)  # native image size
+        maps.append(amap)
+        masks.append(read_mask(sample.mask_path) if sample.mask_path
+                     else np.zeros(amap.shape, bool))
+    images = on_disk["images"]
+    assert [i["image"] for i in images] == [
+        s.path.relative_to(data.root).as_posix() for s in data.test]
+    scores = np.array([i["score"] for i in images])
+    labels = np.array([s.label for s in data.test])
+    expected = category_metrics(scores, labels, [s.defect_type for s in data.test],
+                                maps, masks, fpr_limit=0.3)
+    for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "pixel_f1_max",
+                "n_images", "n_defective"):
+        assert on_disk[key] == pytest.approx(expected[key], rel=1e-12, abs=0), key
+    assert set(on_disk["per_defect"]) == set(data.defect_types)
+    for name, values in expected["per_defect"].items():
+        for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max"):
+            assert on_disk["per_defect"][name][key] == pytest.approx(values[key], rel=1e-12)
+
+    # The stored scores are the model's: recompute two images from scratch.
+    fresh = model.inspect([data.test[0].path, data.test[-1].path])
+    assert [r.score for r in fresh] == [images[0]["score"], images[-1]["score"]]
+    np.testing.assert_array_equal(fresh[-1].anomaly_map, maps[-1])
+
+    # Operating points come from the calibration (validation images), the oracle from labels.
+    assert on_disk["calibrated"]["image_threshold"] == model.calibration.image_threshold
+    flagged = int(np.sum(scores > model.calibration.image_threshold))
+    assert on_disk["calibrated"]["tp"] + on_disk["calibrated"]["fp"] == flagged
+    assert on_disk["oracle"]["label"] == "oracle (uses test labels)"
+    assert on_disk["oracle"]["f1"] == pytest.approx(expected["f1_max"])
+    assert on_disk["timing"]["fit_s"] == model.info["fit_seconds"]
+    assert on_disk["timing"]["ms_per_image"] > 0
+
+
+def test_evaluate_maps_reads_the_written_maps(evaluated: tuple[Path, dict[str, Any]],
+                                              synthetic_root: Path, capsys) -> None:
+    from defectmap.cli._common import run_app
+    from defectmap.evaluate_maps import evaluate_maps_dir
+
+    out, metrics = evaluated
+    result = evaluate_maps_dir(out / "maps", synthetic_root)
+    assert result["categories"]["synthetic"]["aupro"] == pytest.approx(metrics["aupro"],
+                                                                       rel=1e-12)
+    assert result["categories"]["synthetic"]["pixel_auroc"] == pytest.approx(
+        metrics["pixel_auroc"], rel=1e-12)
+    # evaluate-maps scores images by map maximum, so only pixel metrics must agree.
+    json_out = out.parent / "from_cli.json"
+    rc = run_app(["evaluate-maps", str(out / "maps"), str(synthetic_root),
+                  "--json", str(json_out)])
+    assert rc == 0, capsys.readouterr().err
+    from_cli = json.loads(json_out.read_text())
+    assert from_cli["categories"]["synthetic"]["aupro"] == pytest.approx(metrics["aupro"],
+                                                                         rel=1e-12)
+
+
+def test_report_and_figures_are_written(evaluated: tuple[Path, dict[str, Any]]) -> None:
+    out, metrics = evaluated
+    text = (out / "report.html").read_text()
+    figures = sorted(p.name for p in (out / "figures").iterdir())
+    assert {"roc.png", "pro.png", "scores.png"} <= set(figures)
+    assert len([f for f in figures if f.startswith("gallery_")]) == 4
+    assert text.count("<img ") == 3 + 4
+    assert f"{metrics['image_auroc']:.3f}" in text and f"{metrics['aupro']:.3f}" in text
+    assert not any(p.name.startswith(".") for p in out.parent.iterdir())  # no temp leftovers
+
+
+def test_interrupt_keeps_previous_output_or_leaves_none(
+    trained: tuple[CategoryData, InspectionModel], tmp_path: Path, monkeypatch
+) -> None:
+    import defectmap.evaluate as evaluate
+
+    data, model = trained
+    small = _small(data)
+    calls = {"n": 0}
+    real_write = evaluate._write_tiff
+
+    def interrupted_write(path: Path, array: np.ndarray) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:  # Ctrl-C half-way through writing the maps
+            raise KeyboardInterrupt
+        real_write(path, array)
+
+    out = tmp_path / "eval"  # an earlier evaluation's output
+    (out / "maps").mkdir(parents=True)
+    (out / "metrics.json").write_text('{"earlier": true}')
+    (out / "maps" / "old.tiff").write_bytes(b"earlier map")
+    monkeypatch.setattr(evaluate, "_write_tiff", interrupted_write)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_model(model, small, out, report=False)
+    assert calls["n"] == 3
+    assert json.loads((out / "metrics.json").read_text()) == {"earlier": True}
+    assert sorted(p.name for p in (out / "maps").iterdir()) == ["old.tiff"]
+    calls["n"] = 0
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_model(model, small, tmp_path / "fresh", report=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval"]  # nothing half-written
+
+
+def test_layout_without_masks_gives_image_metrics_only(
+    trained: tuple[CategoryData, InspectionModel], tmp_path: Path
+) -> None:
+    data, model = trained
+    no_masks = dataclasses.replace(
+        _small(data), has_masks=False,
+        test=[dataclasses.replace(s, mask_path=None) for s in _small(data).test])
+    metrics = evaluate_model(model, no_masks, tmp_path / "eval", max_gallery=2)
+    assert metrics["pixel_auroc"] is None and metrics["aupro"] is None
+    assert metrics["image_auroc"] is not None
+    assert not (tmp_path / "eval" / "figures" / "pro.png").exists()
+    assert (tmp_path / "eval" / "report.html").exists()
+
+
+def test_empty_test_split_is_an_error(trained: tuple[CategoryData, InspectionModel],
+                                      tmp_path: Path) -> None:
+    data, model = trained
+    with pytest.raises(DefectmapError, match="no test images"):
+        evaluate_model(model, dataclasses.replace(data, test=[]), tmp_path / "eval")
+    assert not (tmp_path / "eval").exists()
