@@ -147,6 +147,26 @@ def micro_benchmarks(detector, image: np.ndarray, repeats: int) -> dict:
     return out
 
 
+def memory_check(n_images: int, size: int) -> dict:
+    """Fit the default PatchCore on ``n_images`` random images of ``size`` px; peak RSS."""
+    from defectmap.detectors import create_detector
+
+    rng = np.random.default_rng(0)
+    base = (rng.random((size, size, 3)) * 255).astype(np.uint8)
+    images = [np.roll(base, int(s), axis=1) for s in rng.integers(0, size, n_images)]
+    detector = create_detector("patchcore", input_size=size)
+    start = time.perf_counter()
+    detector.fit(images)
+    return {
+        "n_images": n_images,
+        "input_size": size,
+        "fit_s": time.perf_counter() - start,
+        "n_patches": n_images * (size // 8) ** 2,
+        "memory_bank": list(detector.memory_bank_.shape),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
@@ -155,7 +175,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--memory-check", action="store_true",
+        help="instead: fit PatchCore on 400 random 320 px images and print peak RSS",
+    )
     args = parser.parse_args()
+    if args.memory_check:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        print(json.dumps(memory_check(400, 320)))
+        return
 
     if args.child:
         import torch

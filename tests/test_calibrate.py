@@ -313,7 +313,11 @@ def test_operating_point_metrics_closed_form() -> None:
     assert oracle["label"] == "oracle (uses test labels)"
     # best F1 on these labels: flag scores >= 0.9 -> tp 3, fp 1 -> F1 = 6/7
     assert oracle["f1"] == pytest.approx(6 / 7) and oracle["threshold"] == pytest.approx(0.9)
-    assert oracle["pixel_f1"] is not None
+    assert out["good_image_pixel_fpr"] == pytest.approx(1 / 48)
+    # maps hold only 0 and 1: the oracle pixel threshold is 1 and flags the same pixels
+    assert oracle["pixel_threshold"] == 1.0 and oracle["pixel_iou"] == pytest.approx(7 / 14)
+    assert oracle["pixel_f1"] == pytest.approx(2 * 7 / (9 + 12))
+    assert oracle["region_detection_rate"] == pytest.approx(2 / 3)
     image_only = operating_point_metrics(scores, labels, None, None, cal)
     assert image_only["pixel_iou"] is None and image_only["region_detection_rate"] is None
     assert image_only["f1"] == out["f1"]

@@ -160,8 +160,7 @@ def test_checksum_mismatch_leaves_nothing(server, tmp_path):
     _serve(server, "widget.tar.xz", ("widget",))
     with pytest.raises(DatasetError, match=r"widget\.tar\.xz: SHA-256 mismatch"):
         download_mvtec(tmp_path, ["widget"], manifest=_manifest(server, "0" * 64))
-    assert not (tmp_path / "widget").exists()
-    assert not list(tmp_path.rglob("*.part")) and not list(tmp_path.glob(".extract-*"))
+    assert list(tmp_path.iterdir()) == []  # no category, no .part, no .extract-*
 
 
 def test_interrupted_transfer_resumes(server, tmp_path):
@@ -189,7 +188,7 @@ def test_offline_gives_a_clear_error(tmp_path):
                                "0" * 64, ("widget",))}
     with pytest.raises(OfflineError, match=rf"cannot reach 127\.0\.0\.1:{port}.*offline"):
         download_mvtec(tmp_path, ["widget"], manifest=table, timeout=5)
-    assert not (tmp_path / "widget").exists()
+    assert list(tmp_path.iterdir()) == []  # not even an empty .downloads folder
 
 
 def test_archive_without_the_category_is_refused(server, tmp_path):
@@ -201,6 +200,16 @@ def test_archive_without_the_category_is_refused(server, tmp_path):
     assert [p.name for p in (tmp_path / ".downloads").iterdir()] == ["widget.tar.xz"]
     with pytest.raises(DatasetError, match="unknown categories nope"):
         download_mvtec(tmp_path, ["nope"], manifest=_manifest(server, sha))
+
+
+def test_extraction_failing_midway_leaves_no_half_category(server, tmp_path):
+    data = _tar_xz(("widget",))
+    broken = data[: int(len(data) * 0.7)]  # the checksum matches, the archive is cut short
+    server.files["/widget.tar.xz"] = broken
+    sha = hashlib.sha256(broken).hexdigest()
+    with pytest.raises(DatasetError, match=r"widget\.tar\.xz: cannot extract archive"):
+        download_mvtec(tmp_path, ["widget"], manifest=_manifest(server, sha))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".downloads"]  # no widget/
 
 
 def test_cli_download_with_manifest_file(server, tmp_path, capsys):

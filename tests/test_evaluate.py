@@ -179,3 +179,29 @@ def test_empty_test_split_is_an_error(trained: tuple[CategoryData, InspectionMod
     with pytest.raises(DefectmapError, match="no test images"):
         evaluate_model(model, dataclasses.replace(data, test=[]), tmp_path / "eval")
     assert not (tmp_path / "eval").exists()
+
+
+@pytest.mark.slow
+def test_bottle_subset_heatmaps_sit_on_the_defects(bottle_root: Path, tmp_path: Path) -> None:
+    """Real data, kept small: every 5th training image (42), 24 test images, 160 px input."""
+    data = load_category(bottle_root, "bottle")
+    good = [s for s in data.test if s.label == 0][:8]
+    bad = [s for s in data.test if s.label == 1][::4]  # every 4th: all three defect types
+    subset = dataclasses.replace(data, train=data.train[::5], test=good + bad)
+    with pytest.warns(Warning):  # 10 validation images: too few for alpha=0.01
+        model = train_model(subset, tmp_path / "model", detector_params={"input_size": 160})
+    metrics = evaluate_model(model, subset, tmp_path / "eval", max_gallery=6)
+    assert metrics["image_auroc"] > 0.9 and metrics["pixel_auroc"] > 0.9
+    # Where the map peaks, there is a defect: the hottest pixel of each defective image lies
+    # inside its ground-truth mask (grown by 5 % of the image side for blurred maps).
+    from scipy import ndimage
+
+    hits = 0
+    for sample in bad:
+        tiff = tmp_path / "eval/maps/bottle/test" / sample.defect_type / f"{sample.stem}.tiff"
+        amap = tifffile.imread(tiff)
+        assert amap.shape == (900, 900)
+        assert sample.mask_path is not None
+        grown = ndimage.binary_dilation(read_mask(sample.mask_path), iterations=45)
+        hits += bool(grown[np.unravel_index(np.argmax(amap), amap.shape)])
+    assert hits >= 0.8 * len(bad), f"{hits} of {len(bad)} peaks on the defect"

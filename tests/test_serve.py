@@ -496,6 +496,8 @@ def _record(i: int, decision: str) -> AuditRecord:
 def test_audit_log_roundtrip_and_errors(tmp_path: Path) -> None:
     log = AuditLog(tmp_path / "a.sqlite3")
     stored = [log.insert(_record(i, "ok" if i % 2 else "defect")) for i in range(5)]
+    stamps = [r.created_at for r in stored]
+    assert stamps == sorted(set(stamps))  # strictly increasing
     log.close()
     reopened = open_audit_log(tmp_path / "a.sqlite3")
     assert reopened.count() == 5
@@ -506,6 +508,9 @@ def test_audit_log_roundtrip_and_errors(tmp_path: Path) -> None:
     with pytest.raises(AuditLogError, match="UNIQUE"):
         reopened.insert(_record(1, "ok"))
     assert reopened.count() == 5
+    later = reopened.insert(_record(9, "ok"))
+    assert later.created_at > stamps[-1]
+    assert [r.id for r in reopened.query(since=stamps[-1])] == ["id9"]
     reopened.close()
     with pytest.raises(AuditLogError, match="only SQLite"):
         open_audit_log("postgresql://db.example/audit")
@@ -525,7 +530,7 @@ def test_cli_refuses_public_host_without_token_and_bad_model(
 ) -> None:
     rc = run_app(["serve", str(model_dir), "--host", "0.0.0.0", "--db", str(tmp_path / "a.db")])
     err = capsys.readouterr().err
-    assert rc == 1 and "--token" in err and "0.0.0.0" in err
+    assert rc == 1 and "--token" in err and "0.0.0.0" in err and "not loopback" in err
     assert_one_error(err)
     assert not (tmp_path / "a.db").exists()
 

@@ -660,11 +660,15 @@ def operating_point_metrics(
         ``precision`` (0.0 when nothing is flagged), ``recall``, ``f1``, the counts
         ``tp, fp, tn, fn``, ``image_threshold``, ``alpha``, ``guarantee_holds``,
         ``pixel_threshold``, ``region_detection_rate`` (ground-truth regions with >= 30 %
-        of their area inside the predicted mask), ``pixel_iou``, ``pixel_false_positive_rate``
-        (pixels outside the ground truth flagged) -- the pixel keys are None without maps or
-        masks -- and ``oracle``: ``{"label": "oracle (uses test labels)", "threshold", "f1",
-        "precision", "recall", "false_alarm_rate", "miss_rate", "pixel_threshold",
-        "pixel_f1"}`` at the F1-maximising thresholds chosen on these very test labels.
+        of their area inside the predicted mask), ``pixel_iou`` (pooled over images),
+        ``pixel_false_positive_rate`` (pixels outside the ground truth flagged, all images),
+        ``good_image_pixel_fpr`` (pixels of good images flagged; compare with ``pixel_fpr``)
+        -- the pixel keys are None without maps or masks -- and ``oracle``:
+        ``{"label": "oracle (uses test labels)", "threshold", "f1", "precision", "recall",
+        "false_alarm_rate", "miss_rate", "pixel_threshold", "pixel_f1", "pixel_iou",
+        "region_detection_rate"}`` at the F1-maximising image and pixel thresholds chosen on
+        these very test labels (``score >= threshold`` = defect, as in
+        :mod:`defectmap.metrics`); the calibrated decisions use ``score > threshold``.
     """
     from defectmap import metrics  # imported here: metrics loads lazily
 
@@ -694,9 +698,10 @@ def operating_point_metrics(
         oracle.update(threshold=None, f1=None, precision=None, recall=None,
                       false_alarm_rate=None, miss_rate=None)
 
-    pixel_keys = ("region_detection_rate", "pixel_iou", "pixel_false_positive_rate")
+    pixel_keys = ("region_detection_rate", "pixel_iou", "pixel_false_positive_rate",
+                  "good_image_pixel_fpr")
     result.update(dict.fromkeys(pixel_keys))
-    oracle.update(pixel_threshold=None, pixel_f1=None)
+    oracle.update(pixel_threshold=None, pixel_f1=None, pixel_iou=None, region_detection_rate=None)
     if maps is not None and masks is not None and calibration.pixel_threshold is not None:
         map_list = [_as_map(m, f"test map {i}") for i, m in enumerate(maps)]
         if len(map_list) != s.size or len(masks) != s.size:
@@ -713,12 +718,23 @@ def operating_point_metrics(
         n_outside = sum(int((~g).sum()) for g in gt)
         n_flagged_outside = sum(int((p & ~g).sum()) for p, g in zip(predicted, gt, strict=True))
         result["pixel_false_positive_rate"] = _rate(n_flagged_outside, n_outside)
+        good = [p for p, label in zip(predicted, y, strict=True) if label == 0]
+        result["good_image_pixel_fpr"] = _rate(sum(int(p.sum()) for p in good),
+                                               sum(p.size for p in good))
         if any(g.any() for g in gt):
             result["region_detection_rate"] = float(
                 metrics.region_detection_rate(predicted, gt, min_overlap=0.3)
             )
             result["pixel_iou"] = float(metrics.pixel_iou(predicted, gt))
             pixel_f1, pixel_threshold = metrics.pixel_f1_max(map_list, gt)
-            oracle.update(pixel_threshold=float(pixel_threshold), pixel_f1=float(pixel_f1))
+            oracle_masks = [m >= pixel_threshold for m in map_list]
+            oracle.update(
+                pixel_threshold=float(pixel_threshold),
+                pixel_f1=float(pixel_f1),
+                pixel_iou=float(metrics.pixel_iou(oracle_masks, gt)),
+                region_detection_rate=float(
+                    metrics.region_detection_rate(oracle_masks, gt, min_overlap=0.3)
+                ),
+            )
     result["oracle"] = oracle
     return result

@@ -48,6 +48,8 @@ __all__ = [
 
 #: A folder we may replace must be empty or carry this file (a previous evaluation).
 _MARKER = "metrics.json"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 # --------------------------------------------------------------------------- output helpers
@@ -76,6 +78,7 @@ def atomic_output_dir(out_dir: str | Path, marker: str | None = _MARKER) -> Iter
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes it owner-only; outputs are shared
         yield tmp
         if out.exists():
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))

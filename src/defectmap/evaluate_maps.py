@@ -27,6 +27,7 @@ from defectmap.constants import DEFAULT_FPR_LIMIT
 from defectmap.data.records import CategoryData, Sample
 from defectmap.errors import DatasetError, DefectmapError
 from defectmap.metrics import category_metrics
+from defectmap.metrics._input import check_fpr_limit
 from defectmap.progress import track
 
 #: Accepted map file suffixes (lower case).
@@ -217,6 +218,7 @@ def evaluate_maps_dir(
         :data:`MEAN_KEYS` averaged over categories; None unless every category has it) and
         ``warnings`` (extra or ignored files, by path).
     """
+    fpr_limit = check_fpr_limit(fpr_limit)  # fail before reading any map
     maps_dir = Path(maps_dir)
     if not maps_dir.is_dir():
         raise MapFileError(f"{maps_dir}: maps folder not found")

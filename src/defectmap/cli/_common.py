@@ -7,6 +7,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from defectmap.errors import DefectmapError
 
@@ -42,14 +43,16 @@ def run_app(argv: list[str]) -> int:
     """
     debug = "--debug" in argv
     try:
-        app(args=argv, prog_name="defectmap", standalone_mode=False)
+        # With standalone_mode=False click returns the code of ``typer.Exit(code)`` (or the
+        # command's own return value, which our commands leave as None).
+        result = app(args=argv, prog_name="defectmap", standalone_mode=False)
     except KeyboardInterrupt:
         err_console.print("[red]interrupted[/red]: stopped cleanly, no partial output left")
         return 130
     except (DefectmapError, FileNotFoundError, PermissionError, NotADirectoryError) as exc:
         if debug or os.environ.get(_DEBUG_ENV):
             raise
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 1
     except SystemExit as exc:  # typer.Exit inside commands
         return int(exc.code or 0)
@@ -65,4 +68,4 @@ def run_app(argv: list[str]) -> int:
             err_console.print("[red]aborted[/red]")
             return 130
         raise
-    return 0
+    return result if isinstance(result, int) else 0

@@ -66,12 +66,15 @@ def evaluate_maps(
     ),
     dataset_root: Path = typer.Argument(..., help="Dataset root holding the same categories."),
     category: list[str] = typer.Option(
-        None, "--category", "-c", help="Category (repeatable); default: all in MAPS_DIR."
+        None, "--category", "-c", metavar="NAME",
+        help="Category (repeatable); default: all in MAPS_DIR.",
     ),
     fpr_limit: float = typer.Option(
         DEFAULT_FPR_LIMIT, "--fpr-limit", help="AU-PRO integration limit, in (0, 1]."
     ),
-    json_out: Path | None = typer.Option(None, "--json", help="Also write all results here."),
+    json_out: Path | None = typer.Option(
+        None, "--json", metavar="OUT", help="Also write all results here (JSON)."
+    ),
 ) -> None:
     """Image AUROC, pixel AUROC, AU-PRO and F1-max of anomaly maps, per category and defect."""
     from defectmap.evaluate_maps import evaluate_maps_dir

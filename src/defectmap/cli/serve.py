@@ -44,9 +44,9 @@ def serve(
 ) -> None:
     """Serve MODEL_DIR over HTTP: POST /v1/inspect, audit trail, web page at /."""
     if not is_loopback(host) and not token:
+        # Kept short: rich wraps the error line at 80 columns when stderr is not a terminal.
         raise DefectmapError(
-            f"--host {host} is reachable from other machines: refusing to serve without "
-            "--token (or DEFECTMAP_TOKEN); use --host 127.0.0.1 for local use"
+            f"--host {host} is not loopback: it needs --token (or DEFECTMAP_TOKEN)"
         )
     import uvicorn
 

@@ -316,14 +316,16 @@ def download_mvtec(
         plan.setdefault(chosen.filename, (chosen, []))[1].append(name)
 
     downloads = root / ".downloads"
-    for archive, names in plan.values():
-        if base_url:
-            archive = replace(archive, url=f"{base_url.rstrip('/')}/{archive.filename}")
-        downloads.mkdir(exist_ok=True)
-        archive_file = _fetch(archive, downloads, timeout, retries)
-        _extract(archive_file, names, root)
-        if not keep_archives:
-            archive_file.unlink(missing_ok=True)
-    if downloads.is_dir() and not any(downloads.iterdir()):
-        downloads.rmdir()
+    try:
+        for archive, names in plan.values():
+            if base_url:
+                archive = replace(archive, url=f"{base_url.rstrip('/')}/{archive.filename}")
+            downloads.mkdir(exist_ok=True)
+            archive_file = _fetch(archive, downloads, timeout, retries)
+            _extract(archive_file, names, root)
+            if not keep_archives:
+                archive_file.unlink(missing_ok=True)
+    finally:
+        if downloads.is_dir() and not any(downloads.iterdir()):
+            downloads.rmdir()
     return [root / c for c in wanted]

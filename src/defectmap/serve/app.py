@@ -68,7 +68,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from defectmap import __version__
 from defectmap.constants import MAX_IMAGE_PIXELS
 from defectmap.data.io import MAX_UPLOAD_BYTES, decode_image
-from defectmap.errors import DefectmapError, ImageReadError
+from defectmap.errors import DefectmapError, ImageReadError, ModelFileError
 from defectmap.serve.audit import AuditLog, AuditLogError, AuditRecord, open_audit_log
 from defectmap.serve.render import color_scale, encode_png, heatmap_rgb, overlay_rgb
 
@@ -156,6 +156,17 @@ class InspectionService:
         if calibration is not None and getattr(calibration, "pixel_threshold", None) is not None:
             self._normalize_map = calibration.normalize_map
         self.thresholds: dict[str, Any] = self.description.get("thresholds") or {}
+        self._infer_lock = threading.Lock()
+        if warmup:
+            # The first inference initialises the backbone lazily (seconds): pay it at start-up
+            # rather than on the first upload, and prove the model runs end to end before the
+            # audit database is touched.
+            try:
+                self._inspect(np.full((64, 64, 3), 128, dtype=np.uint8))
+            except Exception as exc:
+                raise ModelFileError(
+                    f"{model_dir}: the model fails on a test image ({type(exc).__name__}: {exc})"
+                ) from exc
         self.audit: AuditLog = open_audit_log(db_path or Path.cwd() / DEFAULT_DB_NAME)
         self.files_dir = self.audit.path.parent / f"{self.audit.path.stem}-files"
         self.store_images = store_images
@@ -164,11 +175,6 @@ class InspectionService:
         self.cache_size = int(cache_size)
         self._cache: OrderedDict[str, _Held] = OrderedDict()
         self._cache_lock = threading.Lock()
-        self._infer_lock = threading.Lock()
-        if warmup:
-            # The first inference initialises the backbone lazily (seconds); pay it at start-up
-            # rather than on the first upload, and prove the model runs end to end.
-            self._inspect(np.full((64, 64, 3), 128, dtype=np.uint8))
 
     # -- inspecting ------------------------------------------------------------------------
 

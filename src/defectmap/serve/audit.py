@@ -35,7 +35,7 @@ import sqlite3
 import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -162,8 +162,20 @@ class AuditLog:
             self._conn = self._connect()
             with self._lock:
                 self._conn.executescript(self._SCHEMA)
+                last = self._conn.execute("SELECT MAX(created_at) FROM inspections").fetchone()[0]
         except (sqlite3.Error, OSError) as exc:
             raise AuditLogError(f"{self.path}: cannot open the audit database: {exc}") from exc
+        self._last_time: datetime | None = (
+            None if last is None else datetime.fromisoformat(last).astimezone(UTC)
+        )
+
+    def _next_timestamp(self) -> str:
+        # Called with ``self._lock`` held.
+        now = datetime.now(UTC)
+        if self._last_time is not None and now <= self._last_time:
+            now = self._last_time + timedelta(microseconds=1)
+        self._last_time = now
+        return format_timestamp(now)
 
     def _connect(self) -> sqlite3.Connection:
         # One connection shared by the thread pool; every use holds ``self._lock``.
@@ -183,8 +195,9 @@ class AuditLog:
     def insert(self, record: AuditRecord) -> AuditRecord:
         """Commit one row and return it as stored; returns only once the row is durable.
 
-        ``created_at`` is set to the current UTC time under the write lock, so time order
-        and insertion order agree (a poller using ``since=`` misses no row).
+        ``created_at`` is set to the current UTC time under the write lock, bumped by 1 us
+        when needed so that it strictly increases: time order and insertion order agree and
+        a poller using ``since=<last created_at seen>`` misses no row and sees none twice.
 
         Raises
         ------
@@ -198,7 +211,7 @@ class AuditLog:
         sql = f"INSERT INTO inspections ({', '.join(_COLUMNS)}) VALUES ({marks})"
         try:
             with self._lock:
-                values["created_at"] = format_timestamp(datetime.now(UTC))
+                values["created_at"] = self._next_timestamp()
                 self._conn.execute(sql, [values[name] for name in _COLUMNS])
         except sqlite3.Error as exc:
             raise AuditLogError(f"{self.path}: cannot write audit row {record.id}: {exc}") from exc
