@@ -87,7 +87,7 @@ def main() -> None:
                          "false_alarm_bound": cal.false_alarm_bound, **m})
     keys = ("false_alarm_rate", "miss_rate", "precision", "recall", "f1",
             "region_detection_rate", "pixel_iou", "pixel_false_positive_rate",
-            "good_image_pixel_fpr", "pixel_threshold")
+            "good_image_pixel_fpr", "pixel_f1", "pixel_threshold")
     print(f"{'alpha':>6} {'pix_fpr':>7} {'holds':>5} " + " ".join(f"{k[:12]:>12}" for k in keys))
     for r in rows:
         print(f"{r['alpha']:>6} {r['pixel_fpr']:>7} {r['guarantee_holds']!s:>5} "

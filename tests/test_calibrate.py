@@ -314,6 +314,10 @@ def test_operating_point_metrics_closed_form() -> None:
     # best F1 on these labels: flag scores >= 0.9 -> tp 3, fp 1 -> F1 = 6/7
     assert oracle["f1"] == pytest.approx(6 / 7) and oracle["threshold"] == pytest.approx(0.9)
     assert out["good_image_pixel_fpr"] == pytest.approx(1 / 48)
+    assert out["pixel_f1"] == pytest.approx(2 * 7 / (9 + 12))  # 9 flagged, 12 true, 7 both
+    assert (oracle["tp"], oracle["fp"], oracle["tn"], oracle["fn"]) == (3, 1, 2, 0)
+    assert oracle["false_alarm_rate"] == pytest.approx(1 / 3) and oracle["miss_rate"] == 0.0
+    assert oracle["pixel_false_positive_rate"] == out["pixel_false_positive_rate"]
     # maps hold only 0 and 1: the oracle pixel threshold is 1 and flags the same pixels
     assert oracle["pixel_threshold"] == 1.0 and oracle["pixel_iou"] == pytest.approx(7 / 14)
     assert oracle["pixel_f1"] == pytest.approx(2 * 7 / (9 + 12))

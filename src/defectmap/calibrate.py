@@ -636,6 +636,38 @@ def _confusion(decisions: NDArray[np.bool_], labels: NDArray[np.int64]) -> dict[
     }
 
 
+_CONFUSION_KEYS = ("false_alarm_rate", "miss_rate", "precision", "recall", "f1",
+                   "tp", "fp", "tn", "fn")
+_PIXEL_KEYS = ("region_detection_rate", "pixel_iou", "pixel_f1", "pixel_false_positive_rate",
+               "good_image_pixel_fpr")
+
+
+def _pixel_point(
+    predicted: list[NDArray[np.bool_]], gt: list[NDArray[np.bool_]], labels: NDArray[np.int64],
+    metrics: Any,
+) -> dict[str, float | None]:
+    """Pixel-level figures of predicted masks against ground truth (pooled over images)."""
+    pairs = list(zip(predicted, gt, strict=True))
+    n_inter = sum(int((p & g).sum()) for p, g in pairs)
+    n_pred = sum(int(p.sum()) for p, _ in pairs)
+    n_gt = sum(int(g.sum()) for _, g in pairs)
+    n_outside = sum(int((~g).sum()) for _, g in pairs)
+    good = [p for p, label in zip(predicted, labels, strict=True) if label == 0]
+    out: dict[str, float | None] = {
+        "pixel_false_positive_rate": _rate(n_pred - n_inter, n_outside),
+        "good_image_pixel_fpr": _rate(sum(int(p.sum()) for p in good), sum(p.size for p in good)),
+        "region_detection_rate": None,
+        "pixel_iou": None,
+        "pixel_f1": None,
+    }
+    if n_gt:
+        out["region_detection_rate"] = float(
+            metrics.region_detection_rate(predicted, gt, min_overlap=0.3))
+        out["pixel_iou"] = float(metrics.pixel_iou(predicted, gt))
+        out["pixel_f1"] = 2 * n_inter / (n_pred + n_gt)
+    return out
+
+
 def operating_point_metrics(
     scores: ArrayLike,
     labels: ArrayLike,
@@ -656,18 +688,18 @@ def operating_point_metrics(
     Returns
     -------
     dict
-        ``false_alarm_rate`` (good images flagged; None without good images), ``miss_rate``,
-        ``precision`` (0.0 when nothing is flagged), ``recall``, ``f1``, the counts
-        ``tp, fp, tn, fn``, ``image_threshold``, ``alpha``, ``guarantee_holds``,
-        ``pixel_threshold``, ``region_detection_rate`` (ground-truth regions with >= 30 %
-        of their area inside the predicted mask), ``pixel_iou`` (pooled over images),
+        Image level: ``false_alarm_rate`` (good images flagged; None without good images),
+        ``miss_rate``, ``precision`` (0.0 when nothing is flagged), ``recall``, ``f1``, the
+        counts ``tp, fp, tn, fn``; ``image_threshold``, ``alpha``, ``guarantee_holds``,
+        ``pixel_threshold``, ``n_images``, ``n_good``, ``n_defective``. Pixel level (None
+        without maps or masks; the first three None without any defect pixel):
+        ``region_detection_rate`` (ground-truth 8-connected regions with >= 30 % of their
+        area inside the predicted mask), ``pixel_iou`` and ``pixel_f1`` (pooled over images),
         ``pixel_false_positive_rate`` (pixels outside the ground truth flagged, all images),
-        ``good_image_pixel_fpr`` (pixels of good images flagged; compare with ``pixel_fpr``)
-        -- the pixel keys are None without maps or masks -- and ``oracle``:
-        ``{"label": "oracle (uses test labels)", "threshold", "f1", "precision", "recall",
-        "false_alarm_rate", "miss_rate", "pixel_threshold", "pixel_f1", "pixel_iou",
-        "region_detection_rate"}`` at the F1-maximising image and pixel thresholds chosen on
-        these very test labels (``score >= threshold`` = defect, as in
+        ``good_image_pixel_fpr`` (pixels of good images flagged; compare with ``pixel_fpr``).
+        ``oracle``: ``{"label": "oracle (uses test labels)", "threshold", "pixel_threshold"}``
+        plus the same image and pixel keys at the F1-maximising image and pixel thresholds
+        chosen on these very test labels (``score >= threshold`` = defect, as in
         :mod:`defectmap.metrics`); the calibrated decisions use ``score > threshold``.
     """
     from defectmap import metrics  # imported here: metrics loads lazily
@@ -687,21 +719,15 @@ def operating_point_metrics(
     }
     result.update(_confusion(calibration.decide(s), y))
 
-    oracle: dict[str, Any] = {"label": "oracle (uses test labels)"}
+    oracle: dict[str, Any] = {"label": "oracle (uses test labels)", "threshold": None}
+    oracle.update(dict.fromkeys(_CONFUSION_KEYS))
     if result["n_good"] and result["n_defective"]:
         best_f1, best_threshold = metrics.f1_max(s, y)
-        oracle_counts = _confusion(s >= best_threshold, y)
-        oracle.update(threshold=float(best_threshold), f1=float(best_f1))
-        oracle.update({k: oracle_counts[k] for k in
-                       ("precision", "recall", "false_alarm_rate", "miss_rate")})
-    else:
-        oracle.update(threshold=None, f1=None, precision=None, recall=None,
-                      false_alarm_rate=None, miss_rate=None)
+        oracle.update(_confusion(s >= best_threshold, y), threshold=float(best_threshold))
+        oracle["f1"] = float(best_f1)  # the same number, as metrics computes it
 
-    pixel_keys = ("region_detection_rate", "pixel_iou", "pixel_false_positive_rate",
-                  "good_image_pixel_fpr")
-    result.update(dict.fromkeys(pixel_keys))
-    oracle.update(pixel_threshold=None, pixel_f1=None, pixel_iou=None, region_detection_rate=None)
+    result.update(dict.fromkeys(_PIXEL_KEYS))
+    oracle.update(dict.fromkeys(_PIXEL_KEYS), pixel_threshold=None)
     if maps is not None and masks is not None and calibration.pixel_threshold is not None:
         map_list = [_as_map(m, f"test map {i}") for i, m in enumerate(maps)]
         if len(map_list) != s.size or len(masks) != s.size:
@@ -715,26 +741,12 @@ def operating_point_metrics(
                 raise CalibrationError(f"mask {i} has shape {g_arr.shape}, its map {m.shape}")
             gt.append(g_arr)
         predicted = [calibration.predicted_mask(m) for m in map_list]
-        n_outside = sum(int((~g).sum()) for g in gt)
-        n_flagged_outside = sum(int((p & ~g).sum()) for p, g in zip(predicted, gt, strict=True))
-        result["pixel_false_positive_rate"] = _rate(n_flagged_outside, n_outside)
-        good = [p for p, label in zip(predicted, y, strict=True) if label == 0]
-        result["good_image_pixel_fpr"] = _rate(sum(int(p.sum()) for p in good),
-                                               sum(p.size for p in good))
+        result.update(_pixel_point(predicted, gt, y, metrics))
         if any(g.any() for g in gt):
-            result["region_detection_rate"] = float(
-                metrics.region_detection_rate(predicted, gt, min_overlap=0.3)
-            )
-            result["pixel_iou"] = float(metrics.pixel_iou(predicted, gt))
             pixel_f1, pixel_threshold = metrics.pixel_f1_max(map_list, gt)
             oracle_masks = [m >= pixel_threshold for m in map_list]
-            oracle.update(
-                pixel_threshold=float(pixel_threshold),
-                pixel_f1=float(pixel_f1),
-                pixel_iou=float(metrics.pixel_iou(oracle_masks, gt)),
-                region_detection_rate=float(
-                    metrics.region_detection_rate(oracle_masks, gt, min_overlap=0.3)
-                ),
-            )
+            oracle.update(_pixel_point(oracle_masks, gt, y, metrics),
+                          pixel_threshold=float(pixel_threshold))
+            oracle["pixel_f1"] = float(pixel_f1)
     result["oracle"] = oracle
     return result

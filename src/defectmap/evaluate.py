@@ -43,7 +43,6 @@ __all__ = [
     "atomic_output_dir",
     "collect_images",
     "predict_to_dir",
-    "BenchmarkResult",
 ]
 
 #: A folder we may replace must be empty or carry this file (a previous evaluation).
@@ -437,10 +436,6 @@ def _results_csv(rows: Sequence[dict[str, Any]]) -> str:
 
 
 # --------------------------------------------------------------------------- benchmark
-class BenchmarkResult(dict[str, Any]):
-    """``{"rows": [...], "missing": [...], "detectors": [...]}`` of :func:`run_benchmark`."""
-
-
 def run_benchmark(
     dataset_root: str | Path,
     categories: Sequence[str],
@@ -451,7 +446,7 @@ def run_benchmark(
     random_state: int = 0,
     on_result: Callable[[dict[str, Any]], None] | None = None,
     on_missing: Callable[[str, str], None] | None = None,
-) -> BenchmarkResult:
+) -> dict[str, Any]:
     """Fit and evaluate every (category, detector) pair; write the table files.
 
     Parameters
@@ -474,7 +469,7 @@ def run_benchmark(
 
     Returns
     -------
-    BenchmarkResult
+    dict
         ``rows``: one metrics dict per evaluated pair (plus ``report`` path),
         ``missing``: ``[{"category", "reason"}]``, ``detectors``: the detector names.
     """
@@ -514,6 +509,6 @@ def run_benchmark(
             rows.append(metrics)
             if on_result is not None:
                 on_result(metrics)
-    result = BenchmarkResult(rows=rows, missing=missing, detectors=list(detectors))
+    result = {"rows": rows, "missing": missing, "detectors": list(detectors)}
     write_tables(result, out)
     return result

@@ -355,10 +355,9 @@ def train_model(
             raise DatasetError("validation_images is empty")
 
     params = dict(detector_params or {})
-    if "random_state" not in params and "random_state" in create_detector(detector, **params)\
-            .get_params():
-        params["random_state"] = random_state
-    model = create_detector(detector, **params)
+    model = create_detector(detector, **params)  # __init__ only stores: cheap
+    if "random_state" not in params and "random_state" in model.get_params():
+        model = create_detector(detector, **params, random_state=random_state)
     model.fit([s.path for s in fit_samples])
     fit_seconds = time.perf_counter() - t0
     val_paths = [s.path if isinstance(s, Sample) else s for s in validation]

@@ -19,7 +19,8 @@ from defectmap.cli._common import app, console, err_console
 from defectmap.constants import DEFAULT_FPR_LIMIT, MVTEC_CATEGORIES
 from defectmap.errors import DefectmapError
 
-#: Detector and its size used when none is given.
+#: Detector used when none is given (same as defectmap.detectors.DEFAULT_DETECTOR, kept
+#: here so that `--help` does not import torch).
 DEFAULT_DETECTOR = "patchcore"
 
 #: The demo's synthetic dataset and image size: small enough to run in well under three
@@ -216,7 +217,7 @@ def _run_and_print(dataset_root: Path, categories: list[str], detectors: list[st
     for row in result["rows"]:
         console.print(f"report {row['category']}/{row['detector']}: {row['report']}")
     console.print(f"table: {out / 'table.md'} (also table.csv, table.json)")
-    return dict(result)
+    return result
 
 
 @app.command(

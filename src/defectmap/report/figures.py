@@ -1,7 +1,7 @@
 """Figures of the evaluation report: curves and histograms (matplotlib, Agg) and gallery panels.
 
-Every function returns PNG bytes, so the caller decides where they go (a file beside the
-report and a base64 ``<img>`` inside it). Nothing here reads files or prints.
+The figure functions return PNG bytes, so the caller decides where they go (a file beside
+the report and a base64 ``<img>`` inside it). Nothing here reads files or prints.
 """
 
 from __future__ import annotations
