@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import sys
 
-import typer
-
-from defectmap.cli._common import app, run_app
-
 # Importing the command modules registers their commands on ``app``.
 from defectmap.cli import data as _data  # noqa: F401,E402
 from defectmap.cli import maps as _maps  # noqa: F401,E402
 from defectmap.cli import model as _model  # noqa: F401,E402
 from defectmap.cli import serve as _serve  # noqa: F401,E402
+from defectmap.cli._common import app, run_app
 
 __all__ = ["app", "main"]
 
@@ -27,4 +24,3 @@ def main() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
-    typer.Exit()
