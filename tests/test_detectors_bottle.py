@@ -18,4 +18,4 @@ def test_patchcore_on_real_bottle_subset(bottle_root) -> None:
     pred = detector.fit(train).predict([s.path for s in data.test])
     labels = np.array([s.label for s in data.test])
     assert len(pred.maps) == 83 and pred.maps[0].shape == (900, 900)
-    assert image_auroc(pred.scores, labels) >= 0.97
+    assert image_auroc(pred.scores, labels) >= 0.98  # measured 0.999

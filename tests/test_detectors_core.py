@@ -9,6 +9,7 @@ from scipy.ndimage import gaussian_filter
 
 from defectmap.detectors.base import gaussian_blur, maps_to_native
 from defectmap.detectors.neighbors import (
+    NearestNeighborIndex,
     greedy_coreset,
     nearest_neighbors,
     nearest_neighbors_faiss,
@@ -30,6 +31,12 @@ def test_chunked_nearest_neighbors_match_brute_force(k: int) -> None:
     assert (idx == ref_idx).float().mean() > 0.99  # ties aside, same neighbours
     f_dist, f_idx = nearest_neighbors_faiss(queries, bank, k)
     np.testing.assert_allclose(f_dist.numpy(), ref_dist.numpy(), rtol=1e-4, atol=1e-4)
+    for use_faiss in (True, False):
+        index = NearestNeighborIndex(bank, use_faiss=use_faiss)
+        assert index.backend == ("faiss" if use_faiss else "torch")
+        i_dist, i_idx = index.search(queries, k)
+        np.testing.assert_allclose(i_dist.numpy(), ref_dist.numpy(), rtol=1e-4, atol=1e-4)
+        assert (i_idx == ref_idx).float().mean() > 0.99
 
 
 def _reference_greedy(x: np.ndarray, n_select: int, start: int) -> list[int]:
