@@ -156,7 +156,7 @@ def evaluate_model(
     out_dir: str | Path,
     fpr_limit: float = DEFAULT_FPR_LIMIT,
     write_maps: bool = True,
-    batch_size: int = 8,
+    batch_size: int = 1,
     report: bool = True,
     max_gallery: int = 12,
     fit_s: float | None = None,
@@ -344,7 +344,7 @@ def predict_to_dir(
     model: InspectionModel,
     inputs: Sequence[str | Path],
     out_dir: str | Path,
-    batch_size: int = 8,
+    batch_size: int = 1,
     write_maps: bool = True,
     write_overlays: bool = True,
 ) -> list[dict[str, Any]]:

@@ -149,7 +149,7 @@ class InspectionModel:
         name) at load/save time; None for a model that was never saved."""
         return self._model_hash
 
-    def inspect(self, images: Sequence[ImageInput], batch_size: int = 8) -> list[Inspection]:
+    def inspect(self, images: Sequence[ImageInput], batch_size: int = 1) -> list[Inspection]:
         """Score, decide and segment images.
 
         Parameters
@@ -304,7 +304,7 @@ def train_model(
     pixel_fpr: float = DEFAULT_PIXEL_FPR,
     min_region_area: int = 1,
     validation_images: Sequence[str | os.PathLike[str]] | None = None,
-    batch_size: int = 8,
+    batch_size: int = 1,
 ) -> InspectionModel:
     """Fit a detector on good training images, calibrate it on held-out good images, save both.
 

@@ -119,7 +119,7 @@ def predict_command(
     model_dir: Path = typer.Argument(..., help="Model folder written by `defectmap fit`."),
     images: list[Path] = typer.Argument(..., help="Image files and/or folders."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Images per forward pass."),
+    batch_size: int = typer.Option(1, "--batch-size", help="Images per forward pass."),
     no_maps: bool = typer.Option(False, "--no-maps", help="Do not write the TIFF maps."),
     no_overlays: bool = typer.Option(False, "--no-overlays", help="Do not write overlays."),
 ) -> None:
@@ -174,7 +174,7 @@ def evaluate_command(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (replaced atomically)."),
     fpr_limit: float = typer.Option(DEFAULT_FPR_LIMIT, "--fpr-limit",
                                     help="Integration limit of AU-PRO."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Images per forward pass."),
+    batch_size: int = typer.Option(1, "--batch-size", help="Images per forward pass."),
     no_maps: bool = typer.Option(False, "--no-maps", help="Do not write the TIFF maps."),
 ) -> None:
     """Run the MVTec AD protocol on the test split: metrics.json, maps and report.html."""
