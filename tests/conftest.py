@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-BOTTLE_DATA = REPO.parent / "shared" / "data" / "mvtec_ad"
+# The project's read-only shared folder sits beside the checkout (CI lays it there too);
+# DEFECTMAP_SHARED points elsewhere.
+SHARED = Path(os.environ.get("DEFECTMAP_SHARED", REPO.parent / "shared"))
+BOTTLE_DATA = SHARED / "data" / "mvtec_ad"
+METRIC_FIXTURES = SHARED / "fixtures" / "metrics"
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +39,11 @@ def bottle_root() -> Path:
     if not (BOTTLE_DATA / "bottle" / "train").is_dir():
         pytest.skip(f"real MVTec AD bottle data not found at {BOTTLE_DATA}")
     return BOTTLE_DATA
+
+
+@pytest.fixture(scope="session")
+def metric_fixtures() -> Path:
+    """Folder of maps/masks with values from the official MVTec code; skips when missing."""
+    if not (METRIC_FIXTURES / "bottle_225.npz").is_file():
+        pytest.skip(f"metric reference fixtures not found at {METRIC_FIXTURES}")
+    return METRIC_FIXTURES

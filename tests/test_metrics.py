@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import bisect
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +14,6 @@ from sklearn.metrics import roc_curve as sk_roc_curve
 from defectmap import metrics as M
 from defectmap.errors import DefectmapError
 from defectmap.metrics import MetricInputError
-
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "metrics"
 
 
 # --------------------------------------------------------------------------- references
@@ -81,9 +78,9 @@ def random_case(seed, n_images=6, levels=None, dtype=np.float32):
 
 # --------------------------------------------------------------------------- official values
 @pytest.mark.parametrize("name", ["bottle_225", "edge_cases"])
-def test_matches_official_fixture_values(name):
-    data = np.load(FIXTURES / f"{name}.npz", allow_pickle=False)
-    ref = json.loads((FIXTURES / f"{name}.json").read_text())
+def test_matches_official_fixture_values(name, metric_fixtures):
+    data = np.load(metric_fixtures / f"{name}.npz", allow_pickle=False)
+    ref = json.loads((metric_fixtures / f"{name}.json").read_text())
     maps, masks, labels = data["maps"], data["masks"], data["labels"]
     for limit in ("0.3", "0.1", "0.05", "1.0"):
         assert M.aupro(maps, masks, float(limit)) == pytest.approx(ref[f"aupro@{limit}"], abs=1e-6)

@@ -15,8 +15,8 @@ from PIL import Image
 
 from defectmap.errors import DefectmapError
 from defectmap.evaluate import atomic_output_dir
+from defectmap.files import to_jsonable, write_json
 from defectmap.report import ReportData, figures, select_gallery, write_report
-from defectmap.report.files import to_jsonable, write_json
 from defectmap.report.table import build_table, to_csv, to_markdown
 
 

@@ -53,7 +53,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -67,6 +66,7 @@ from scipy import ndimage
 
 from defectmap import __version__
 from defectmap.errors import DefectmapError, ModelFileError
+from defectmap.files import write_text
 
 __all__ = [
     "CALIBRATION_FILE",
@@ -440,14 +440,7 @@ class Calibration:
                    "package_version": __version__, **self.to_dict()}
         text = json.dumps(payload, indent=2, allow_nan=False)
         target = directory / CALIBRATION_FILE
-        fd, tmp = tempfile.mkstemp(prefix=".calibration-", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text + "\n")
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text(target, text + "\n")
         return target
 
     @classmethod

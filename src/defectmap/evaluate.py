@@ -31,8 +31,8 @@ import numpy as np
 from defectmap.constants import DEFAULT_FPR_LIMIT
 from defectmap.data.records import CategoryData
 from defectmap.errors import DatasetError, DefectmapError
+from defectmap.files import to_jsonable, write_bytes, write_json, write_text
 from defectmap.progress import track
-from defectmap.report.files import to_jsonable, write_bytes, write_json, write_text
 
 if TYPE_CHECKING:
     from defectmap.pipeline import InspectionModel

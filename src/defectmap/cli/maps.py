@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +11,7 @@ from rich.table import Table
 
 from defectmap.cli._common import app, console, err_console
 from defectmap.constants import DEFAULT_FPR_LIMIT
+from defectmap.files import write_json
 
 _COLUMNS = (
     ("image_auroc", "Image\nAUROC"),
@@ -43,20 +41,6 @@ def _table(title: str, first: str, rows: list[tuple[str, dict[str, Any]]],
         table.add_section()
         table.add_row("[bold]mean[/bold]", "", *[_fmt(mean[key]) for key, _ in _COLUMNS])
     return table
-
-
-def write_json_atomic(data: Any, path: Path) -> None:
-    """Write ``data`` as JSON to ``path`` through a temp file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @app.command("evaluate-maps")
@@ -93,5 +77,6 @@ def evaluate_maps(
         console.print(_table(f"{name}: per defect type (good images + that defect)", "Defect",
                              list(r["per_defect"].items()), limit))
     if json_out is not None:
-        write_json_atomic(result, json_out)
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(json_out, result)
         console.print(f"results written to {json_out}", highlight=False, soft_wrap=True)

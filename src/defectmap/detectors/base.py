@@ -16,7 +16,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from defectmap import __version__
 from defectmap.errors import DefectmapError, ModelFileError, NotFittedError
 from defectmap.features.backbones import Backbone, load_backbone
 from defectmap.features.preprocess import ImageInput, as_image_array, preprocess
+from defectmap.files import write_bytes
 from defectmap.progress import track
 
 FORMAT_VERSION = 1
@@ -116,18 +116,6 @@ def load_detector(directory: str | os.PathLike) -> Detector:
     except UnknownDetectorError as exc:
         raise ModelFileError(f"{Path(directory) / MODEL_JSON}: {exc}") from exc
     return cls.load(directory)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder + ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def iter_batches(
@@ -284,9 +272,9 @@ class Detector(ABC):
             "arrays": sorted(arrays),
         }
         contiguous = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-        atomic_write_bytes(folder / WEIGHTS_FILE, save_arrays(contiguous))
+        write_bytes(folder / WEIGHTS_FILE, save_arrays(contiguous))
         text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
-        atomic_write_bytes(folder / MODEL_JSON, text.encode("utf-8"))
+        write_bytes(folder / MODEL_JSON, text.encode("utf-8"))
 
     @classmethod
     def load(cls: type[D], directory: str | os.PathLike) -> D:

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from defectmap.files import write_bytes
 from defectmap.report import figures
-from defectmap.report.files import write_bytes
 
 __all__ = ["ReportData", "select_gallery", "write_report", "render_html"]
 

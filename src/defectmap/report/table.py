@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from defectmap.report.files import write_json, write_text
+from defectmap.files import write_json, write_text
 
 __all__ = ["COLUMNS", "build_table", "to_markdown", "to_csv", "to_rich", "write_tables"]
 

@@ -43,8 +43,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
-import os
-import tempfile
 import threading
 import time
 import uuid
@@ -69,6 +67,7 @@ from defectmap import __version__
 from defectmap.constants import MAX_IMAGE_PIXELS
 from defectmap.data.io import MAX_UPLOAD_BYTES, decode_image
 from defectmap.errors import DefectmapError, ImageReadError, ModelFileError
+from defectmap.files import write_bytes
 from defectmap.serve.audit import AuditLog, AuditLogError, AuditRecord, open_audit_log
 from defectmap.serve.render import color_scale, encode_png, heatmap_rgb, overlay_rgb
 
@@ -270,7 +269,7 @@ class InspectionService:
         self.files_dir.mkdir(parents=True, exist_ok=True)
         stored: dict[str, str | None] = {}
         for key, (name, payload) in contents.items():
-            _write_atomic(self.files_dir / name, payload)
+            write_bytes(self.files_dir / name, payload)
             stored[key] = f"{self.files_dir.name}/{name}"
         return stored
 
@@ -342,17 +341,6 @@ def _probe_format(data: bytes, filename: str, max_pixels: int) -> str:
             f"more than the limit of {max_pixels} (possible decompression bomb)",
         )
     return fmt
-
-
-def _write_atomic(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _optional_float(value: Any) -> float | None:

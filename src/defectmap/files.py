@@ -1,4 +1,4 @@
-"""Atomic file writing shared by the evaluation and the report: nothing half-written."""
+"""Atomic file writing for every layer: a file is either the old one or the complete new one."""
 
 from __future__ import annotations
 
