@@ -65,7 +65,8 @@ def run_app(argv: list[str]) -> int:
             exc.show(file=sys.stderr)
             return exc.exit_code
         if isinstance(exc, click.exceptions.Abort):
-            err_console.print("[red]aborted[/red]")
+            # click turns Ctrl-C into Abort
+            err_console.print("[red]interrupted[/red]: stopped cleanly, no partial output left")
             return 130
         raise
     return result if isinstance(result, int) else 0

@@ -58,9 +58,7 @@ def check(
         else:
             console.print("[green]no problems found[/green]")
     if not report.ok:
-        # TODO(lead): run_app ignores the value click returns for typer.Exit(code) under
-        # standalone_mode=False, so typer.Exit(1) would exit 0; SystemExit reaches run_app.
-        raise SystemExit(1)
+        raise typer.Exit(1)
 
 
 @data_app.command("synth")
