@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from defectmap.calibrate import DEFAULT_ALPHA
 from defectmap.constants import DEFAULT_FPR_LIMIT
 from defectmap.data.records import CategoryData
 from defectmap.errors import DatasetError, DefectmapError
@@ -444,6 +445,7 @@ def run_benchmark(
     detector_params: dict[str, Any] | None = None,
     fpr_limit: float = DEFAULT_FPR_LIMIT,
     random_state: int = 0,
+    alpha: float = DEFAULT_ALPHA,
     on_result: Callable[[dict[str, Any]], None] | None = None,
     on_missing: Callable[[str, str], None] | None = None,
 ) -> dict[str, Any]:
@@ -462,7 +464,9 @@ def run_benchmark(
         ``<out>/<category>/<detector>/model`` (the trained model) and ``.../eval``
         (metrics, maps, report) per pair; ``table.md``, ``table.csv``, ``table.json``.
     detector_params : dict or None
-        Constructor parameters passed to every detector (e.g. ``image_size``).
+        Constructor parameters passed to every detector (e.g. ``input_size``).
+    alpha : float
+        Target false-alarm rate of each model's calibrated image threshold.
     on_result, on_missing : callable or None
         Called after each pair with its metrics, and for each skipped category with
         (category, reason): lets the CLI print as it goes.
@@ -503,7 +507,7 @@ def run_benchmark(
             pair = out / category / detector
             model = train_model(data, pair / "model", detector=detector,
                                 detector_params=dict(detector_params or {}),
-                                random_state=random_state)
+                                random_state=random_state, alpha=alpha)
             metrics = evaluate_model(model, data, pair / "eval", fpr_limit=fpr_limit)
             metrics["report"] = str(pair / "eval" / "report.html")
             rows.append(metrics)
