@@ -156,3 +156,17 @@ def test_real_bottle_layout(bottle_root):
     masks = [s.mask_path for s in data.test if s.label]
     assert len(masks) == 63 and all(m is not None and m.is_file() for m in masks)
     assert all(s.mask_path.stem == f"{s.stem}_mask" for s in data.test if s.label)
+
+
+def test_read_sample_mask_pairs_and_checks_size(synthetic_root):
+    from defectmap.data.mvtec import read_sample_mask
+
+    data = load_category(synthetic_root, "synthetic")
+    good = next(s for s in data.test if s.label == 0)
+    bad = next(s for s in data.test if s.label == 1)
+    assert not read_sample_mask(good, (7, 5)).any()
+    assert read_sample_mask(good, (7, 5)).shape == (7, 5)
+    mask = read_sample_mask(bad, (128, 128))
+    assert mask.dtype == bool and 0 < mask.sum() < mask.size
+    with pytest.raises(DatasetError, match=bad.mask_path.name):
+        read_sample_mask(bad, (64, 128))

@@ -111,23 +111,12 @@ def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
 # --------------------------------------------------------------------------- evaluation
 def _ground_truth(data: CategoryData, maps: Sequence[np.ndarray]) -> list[np.ndarray] | None:
     """Masks (H,W) bool per test image, all-False for good images; None without masks."""
-    from defectmap.data.io import read_mask
+    from defectmap.data.mvtec import read_sample_mask
 
     if not data.has_masks or any(s.label == 1 and s.mask_path is None for s in data.test):
         return None
-    masks: list[np.ndarray] = []
-    for sample, amap in track(list(zip(data.test, maps, strict=True)), "reading masks"):
-        if sample.label == 0 or sample.mask_path is None:
-            masks.append(np.zeros(amap.shape, dtype=bool))
-            continue
-        mask = read_mask(sample.mask_path)
-        if mask.shape != amap.shape:
-            raise DatasetError(
-                f"{sample.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
-                f"{sample.path} is {amap.shape[1]}x{amap.shape[0]}"
-            )
-        masks.append(mask)
-    return masks
+    pairs = list(zip(data.test, maps, strict=True))
+    return [read_sample_mask(sample, amap.shape) for sample, amap in track(pairs, "reading masks")]
 
 
 def _relative(path: Path, root: Path) -> str:

@@ -128,7 +128,8 @@ def _load_category_maps(
     data: CategoryData, test_dir: Path, warnings: list[str]
 ) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
     """Maps and masks of every test sample, checked against the images' sizes."""
-    from defectmap.data.io import image_size, read_mask
+    from defectmap.data.io import image_size
+    from defectmap.data.mvtec import read_sample_mask
 
     index = _index_maps(test_dir, warnings)
     wanted = {(s.defect_type, s.stem) for s in data.test}
@@ -155,12 +156,7 @@ def _load_category_maps(
             )
         mask = None
         if data.has_masks and sample.mask_path is not None:
-            mask = read_mask(sample.mask_path)
-            if mask.shape != arr.shape:
-                raise MapFileError(
-                    f"{sample.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but the "
-                    f"map {path} is {arr.shape[1]}x{arr.shape[0]}"
-                )
+            mask = read_sample_mask(sample, arr.shape)
         maps.append(arr)
         masks.append(mask)
     return maps, masks

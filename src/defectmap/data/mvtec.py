@@ -35,13 +35,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from defectmap.constants import (
     GRAYSCALE_CATEGORIES,
     MVTEC_CATEGORIES,
     OBJECT_CATEGORIES,
     TEXTURE_CATEGORIES,
 )
-from defectmap.data.io import IMAGE_EXTENSIONS
+from defectmap.data.io import IMAGE_EXTENSIONS, read_mask
 from defectmap.data.records import GOOD, CategoryData, Sample
 from defectmap.errors import DatasetError
 
@@ -53,6 +55,7 @@ __all__ = [
     "is_grayscale_category",
     "list_categories",
     "load_category",
+    "read_sample_mask",
     "scan_category",
 ]
 
@@ -317,3 +320,21 @@ def load_category(root: str | Path, category: str | None = None) -> CategoryData
     if not data.train:
         raise DatasetError(f"{folder}: no training images found")
     return data
+
+
+def read_sample_mask(sample: Sample, shape: tuple[int, int]) -> np.ndarray:
+    """The ground-truth mask (H, W) bool of a test sample, checked against ``shape``.
+
+    Good images and defective images without a mask file get an all-False mask of ``shape``
+    (the anomaly map's or image's (H, W)); a mask of another size is a :class:`DatasetError`
+    naming the mask and its image.
+    """
+    if sample.label == 0 or sample.mask_path is None:
+        return np.zeros(shape, dtype=bool)
+    mask = read_mask(sample.mask_path)
+    if mask.shape != tuple(shape):
+        raise DatasetError(
+            f"{sample.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but "
+            f"{sample.path} needs {shape[1]}x{shape[0]}"
+        )
+    return mask
