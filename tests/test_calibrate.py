@@ -137,6 +137,16 @@ def test_pixel_threshold_closed_form() -> None:
     assert cal2.pixel_threshold == 1.0  # ceil(10 * 0.8) = 8th smallest of 0 (x7), 1, 2, 3
 
 
+def test_pixel_threshold_is_exact_for_float64_and_wide_integer_maps() -> None:
+    # Distinct in float64 / int64 but not in float32: the threshold must still be the
+    # ceil(1000 * 0.9) = 900th smallest value, with exactly 100 pixels above it.
+    for maps in ((1.0 + np.arange(1000) * 1e-9).reshape(1, 10, 100),
+                 (np.arange(1000, dtype=np.int64) + 2**25).reshape(1, 10, 100)):
+        cal = fit_calibration([1.0], maps, alpha=0.5, pixel_fpr=0.1)
+        assert cal.pixel_threshold == float(np.sort(maps.ravel())[899])
+        assert int(cal.predicted_mask(maps[0]).sum()) == 100
+
+
 def _calibration_with_pixel_threshold(threshold: float, min_region_area: int = 1) -> Calibration:
     # validation pixels 0, 0, 0, t, t, t: the ceil(6 * 0.6) = 4th smallest is t
     maps = [np.array([[0.0, threshold]])] * 3

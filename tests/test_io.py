@@ -158,3 +158,21 @@ def test_read_mask_gray_and_colour(tmp_path):
     colour[1, 2, 1] = 200
     np.testing.assert_array_equal(read_mask(_save(colour, tmp_path / "c.png")),
                                   [[0, 0, 0], [0, 0, 1]])
+
+
+def test_16bit_and_float_masks_keep_small_nonzero_labels(tmp_path):
+    from defectmap.data.io import read_mask_values
+
+    label = np.zeros((4, 5), np.uint16)
+    label[1, 2] = 1  # a 0/1 label mask stored in 16 bit: 1 / 257 rounds to 0 as an image
+    label[2, 3] = 65535
+    path = _save(label, tmp_path / "m16.png")
+    np.testing.assert_array_equal(read_mask(path), label > 0)
+    np.testing.assert_array_equal(read_mask_values(path), [[0] * 5, [0, 0, 1, 0, 0],
+                                                           [0, 0, 0, 255, 0], [0] * 5])
+    soft = np.zeros((4, 5), np.float32)
+    soft[0, 0] = 1e-3
+    tifffile.imwrite(tmp_path / "f.tif", soft)
+    np.testing.assert_array_equal(read_mask(tmp_path / "f.tif"), soft > 0)
+    # Images are unchanged: the same 16-bit value still reads as 0.
+    assert read_image(path, mode="L")[1, 2] == 0

@@ -258,6 +258,18 @@ def test_category_metrics_per_defect_equal_direct_subsets():
     assert M.category_metrics(scores, labels, types, maps, none_masks, 0.2)["aupro"] == cm["aupro"]
 
 
+def test_category_metrics_and_pro_curve_gives_the_same_metrics_and_curve():
+    maps, masks = random_case(7, n_images=9, levels=30)
+    labels = np.array([0 if k.sum() == 0 else 1 for k in masks])
+    types = ["good" if lab == 0 else ("a" if i % 2 else "b") for i, lab in enumerate(labels)]
+    cm, (fpr, pro) = M.category_metrics_and_pro_curve(None, labels, types, maps, masks, 0.2)
+    assert cm == M.category_metrics(None, labels, types, maps, masks, 0.2)
+    ref_fpr, ref_pro = M.pro_curve(maps, masks)
+    np.testing.assert_array_equal(fpr, ref_fpr)
+    np.testing.assert_allclose(pro, ref_pro, rtol=0, atol=1e-12)  # sums in another order
+    assert M.category_metrics_and_pro_curve(None, labels, types, maps)[1] is None
+
+
 # --------------------------------------------------------------------------- bad input
 def test_bad_input_raises_clear_errors():
     maps, masks = random_case(1)
@@ -292,4 +304,6 @@ def test_bad_input_raises_clear_errors():
     with pytest.raises(MetricInputError, match="defect type 'b': the masks have no anomalous"):
         M.category_metrics(None, [0, 1, 1], ["good", "a", "b"], maps[:3],
                            [masks[0] * 0, masks[1], masks[2] * 0])
+    with pytest.raises(MetricInputError, match="^all images: the masks have no anomalous"):
+        M.category_metrics(None, [0, 1], ["good", "a"], maps[:2], [masks[0] * 0, masks[1] * 0])
     assert issubclass(MetricInputError, DefectmapError)

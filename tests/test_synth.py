@@ -117,3 +117,13 @@ def test_invalid_arguments(tmp_path):
         render_pair("object", 64, False, 0, (1, 0), "dent")
     make_synthetic_dataset(tmp_path, "x", n_train=1, n_test=0, size=32)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
+
+
+def test_category_folder_gets_the_usual_permissions(tmp_path):
+    import stat
+
+    from defectmap.files import _UMASK
+
+    folder = make_synthetic_dataset(tmp_path, n_train=1, n_test=0, size=32)
+    # built in a mkdtemp folder (owner-only) and renamed: must not stay 0o700
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~_UMASK

@@ -66,7 +66,7 @@ from scipy import ndimage
 
 from defectmap import __version__
 from defectmap.errors import DefectmapError, ModelFileError
-from defectmap.files import write_text
+from defectmap.files import write_json
 
 __all__ = [
     "CALIBRATION_FILE",
@@ -438,9 +438,8 @@ class Calibration:
         directory.mkdir(parents=True, exist_ok=True)
         payload = {"format": FORMAT, "format_version": FORMAT_VERSION,
                    "package_version": __version__, **self.to_dict()}
-        text = json.dumps(payload, indent=2, allow_nan=False)
         target = directory / CALIBRATION_FILE
-        write_text(target, text + "\n")
+        write_json(target, payload)
         return target
 
     @classmethod
@@ -564,7 +563,10 @@ def fit_calibration(
         maps = [_as_map(m, f"validation map {i}") for i, m in enumerate(val_maps)]
         if len(maps) != n:
             raise CalibrationError(f"{len(maps)} validation maps for {n} validation scores")
-        flat = np.concatenate([m.ravel() for m in maps]).astype(np.float32, copy=False)
+        # float32 (the detectors' maps) unless the maps need more precision: rounding
+        # float64 or wide-integer maps would move the threshold off the order statistic.
+        dtype = np.result_type(np.float32, *(m.dtype for m in maps))
+        flat = np.concatenate([m.ravel() for m in maps]).astype(dtype, copy=False)
         if not np.all(np.isfinite(flat)):
             raise CalibrationError("validation maps contain NaN or infinite values")
         n_pixels = int(flat.size)

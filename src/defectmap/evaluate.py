@@ -30,9 +30,10 @@ import numpy as np
 
 from defectmap.calibrate import DEFAULT_ALPHA
 from defectmap.constants import DEFAULT_FPR_LIMIT
+from defectmap.data.io import IMAGE_EXTENSIONS
 from defectmap.data.records import CategoryData
 from defectmap.errors import DatasetError, DefectmapError
-from defectmap.files import to_jsonable, write_bytes, write_json, write_text
+from defectmap.files import make_temp_dir, to_jsonable, write_bytes, write_json, write_text
 from defectmap.progress import track
 
 if TYPE_CHECKING:
@@ -48,8 +49,6 @@ __all__ = [
 
 #: A folder we may replace must be empty or carry this file (a previous evaluation).
 _MARKER = "metrics.json"
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 # --------------------------------------------------------------------------- output helpers
@@ -76,9 +75,8 @@ def atomic_output_dir(out_dir: str | Path, marker: str | None = _MARKER) -> Iter
             "output); refusing to replace it, choose another --out"
         )
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp = make_temp_dir(out.parent, prefix=f".{out.name}.tmp-")
     try:
-        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes it owner-only; outputs are shared
         yield tmp
         if out.exists():
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
@@ -189,7 +187,7 @@ def evaluate_model(
         Pixel metrics are None when the dataset has no masks.
     """
     from defectmap.calibrate import operating_point_metrics
-    from defectmap.metrics import category_metrics, pro_curve, roc_curve
+    from defectmap.metrics import category_metrics_and_pro_curve, roc_curve
     from defectmap.report import ReportData, write_report
 
     test = list(category_data.test)
@@ -213,9 +211,10 @@ def evaluate_model(
         scores = np.concatenate(scores_parts)
 
         masks = _ground_truth(category_data, maps)
-        metrics = category_metrics(scores, labels, defect_types,
-                                   maps if masks is not None else None, masks,
-                                   fpr_limit=fpr_limit)
+        # The PRO curve of the report comes from the same (single) sort of the pixels.
+        metrics, pro = category_metrics_and_pro_curve(
+            scores, labels, defect_types, maps if masks is not None else None, masks,
+            fpr_limit=fpr_limit)
 
         calibration = model.calibration
         calibrated: dict[str, Any] | None = None
@@ -224,8 +223,7 @@ def evaluate_model(
         if calibration is not None:
             points = operating_point_metrics(scores, labels, maps, masks, calibration)
             calibrated = {k: v for k, v in points.items() if k != "oracle"}
-            calibrated.setdefault("image_threshold", calibration.image_threshold)
-            oracle = points.get("oracle")
+            oracle = points["oracle"]
             if calibration.pixel_threshold is not None:
                 pred_masks = [np.asarray(calibration.predicted_mask(m), dtype=bool)
                               for m in maps]
@@ -263,7 +261,6 @@ def evaluate_model(
         if report:
             both = 0 < labels.sum() < len(labels)
             roc = roc_curve(scores, labels)[:2] if both else None
-            pro = pro_curve(maps, masks) if masks is not None and labels.sum() > 0 else None
             write_report(
                 ReportData(
                     metrics=result, scores=scores, labels=labels, defect_types=defect_types,
@@ -281,7 +278,7 @@ def evaluate_model(
 
 # --------------------------------------------------------------------------- predict
 #: File name endings taken from folders given to :func:`predict_to_dir`.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = tuple(sorted(IMAGE_EXTENSIONS))
 
 #: Columns of ``results.csv``.
 RESULT_COLUMNS = ("image", "score", "normalized_score", "decision", "p_value", "n_regions",

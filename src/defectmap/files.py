@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["to_jsonable", "write_bytes", "write_text", "write_json"]
+__all__ = ["make_temp_dir", "to_jsonable", "write_bytes", "write_text", "write_json"]
 
-# mkstemp creates files readable by the owner only; outputs get the usual permissions.
+# mkstemp/mkdtemp create files and folders for the owner only; outputs get the usual
+# permissions.
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
@@ -41,6 +42,17 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def make_temp_dir(parent: str | Path, prefix: str, suffix: str = "") -> Path:
+    """Create a new empty folder in ``parent`` (``tempfile.mkdtemp``) with the usual permissions.
+
+    Meant for outputs built under a temporary name and then renamed into place, which must
+    not stay owner-only as ``mkdtemp`` makes them.
+    """
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix, suffix=suffix))
+    os.chmod(tmp, 0o777 & ~_UMASK)
+    return tmp
 
 
 def write_bytes(path: str | Path, payload: bytes) -> None:

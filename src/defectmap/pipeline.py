@@ -45,6 +45,7 @@ from defectmap.calibrate import (
 )
 from defectmap.data.records import CategoryData, Sample
 from defectmap.errors import DatasetError, ModelFileError
+from defectmap.files import write_json
 
 if TYPE_CHECKING:
     from defectmap.detectors import Detector
@@ -397,8 +398,7 @@ def train_model(
         tmp_dir.mkdir()
         model.save(tmp_dir)
         calibration.save(tmp_dir)
-        text = json.dumps(info, indent=2, allow_nan=False) + "\n"
-        (tmp_dir / TRAINING_FILE).write_text(text, encoding="utf-8")
+        write_json(tmp_dir / TRAINING_FILE, info)
         _move_into_place(tmp_dir, out_dir)
     except BaseException:  # incl. Ctrl-C: leave no half-written directory behind
         shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -183,7 +183,11 @@ def _transfer(archive: Archive, part: Path, timeout: float) -> None:
         append = have > 0 and response.status == 206
         length = response.headers.get("Content-Length")
         expected = int(length) if length and length.isdigit() else None
-        total = None if expected is None else -(-expected // _CHUNK)
+        # Progress only: the server's length, else the size the archive table gives.
+        shown = expected
+        if shown is None and archive.size:
+            shown = max(archive.size - (have if append else 0), 0)
+        total = None if shown is None else -(-shown // _CHUNK)
         received = 0
         with open(part, "ab" if append else "wb") as fh:
             try:

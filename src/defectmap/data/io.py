@@ -94,8 +94,12 @@ def _open(source: _Source, name: str, max_pixels: int) -> Image.Image:
     return im
 
 
-def _scale_to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Scale integer or float pixel data to uint8 (16-bit by ``/257``; floats in [0, 1])."""
+def _scale_to_uint8(arr: np.ndarray, keep_nonzero: bool = False) -> np.ndarray:
+    """Scale integer or float pixel data to uint8 (16-bit by ``/257``; floats in [0, 1]).
+
+    With ``keep_nonzero`` (masks), a nonzero value that would round to 0 becomes 1, so a
+    16-bit 0/1 label mask keeps its defect pixels.
+    """
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == np.bool_:
@@ -104,18 +108,25 @@ def _scale_to_uint8(arr: np.ndarray) -> np.ndarray:
         finite = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
         if finite.size and finite.max() <= 1.0:
             finite = finite * 255.0
-        return np.clip(np.rint(finite), 0, 255).astype(np.uint8)
-    # 16-bit (and 32-bit "I" images that hold 16-bit PNG data).
-    wide = np.clip(arr.astype(np.int64), 0, 65535)
-    return ((wide * 255 + 32767) // 65535).astype(np.uint8)
+        out = np.clip(np.rint(finite), 0, 255).astype(np.uint8)
+    else:
+        # 16-bit (and 32-bit "I" images that hold 16-bit PNG data).
+        wide = np.clip(arr.astype(np.int64), 0, 65535)
+        out = ((wide * 255 + 32767) // 65535).astype(np.uint8)
+    if keep_nonzero:
+        out[(out == 0) & (arr != 0)] = 1
+    return out
 
 
-def _decode(im: Image.Image, name: str, mode: Mode) -> np.ndarray:
-    """Decode an opened image fully and convert it to ``mode`` as uint8."""
+def _decode(im: Image.Image, name: str, mode: Mode, keep_nonzero: bool = False) -> np.ndarray:
+    """Decode an opened image fully and convert it to ``mode`` as uint8.
+
+    ``keep_nonzero``: see :func:`_scale_to_uint8` (16-bit and float images only).
+    """
     try:
         im.load()
         if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-            gray = _scale_to_uint8(np.asarray(im))
+            gray = _scale_to_uint8(np.asarray(im), keep_nonzero)
             if gray.ndim != 2:
                 raise ImageReadError(f"{name}: unsupported pixel layout {gray.shape}")
             return gray if mode == "L" else np.repeat(gray[:, :, None], 3, axis=2)
@@ -305,13 +316,14 @@ def verify_image(
 def read_mask_values(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Read a mask's raw values as a uint8 (H, W) array (colour masks: channel maximum).
 
-    Used by integrity checks that must see whether a mask is binary; most code wants
-    :func:`read_mask`.
+    16-bit and float masks are scaled like images, except that a nonzero value never
+    becomes 0 (a 16-bit 0/1 label mask reads as 0/1). Used by integrity checks that must
+    see whether a mask is binary; most code wants :func:`read_mask`.
     """
     path = Path(path)
     im = _open(path, str(path), max_pixels)
     if im.mode in ("L", "1", "I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        return _decode(im, str(path), "L")
+        return _decode(im, str(path), "L", keep_nonzero=True)
     rgb = _decode(im, str(path), "RGB")
     return np.asarray(rgb.max(axis=2), dtype=np.uint8)
 

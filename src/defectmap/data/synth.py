@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +45,7 @@ from PIL import Image
 from scipy import ndimage
 
 from defectmap.errors import DatasetError
+from defectmap.files import make_temp_dir
 from defectmap.progress import track
 
 __all__ = [
@@ -434,7 +434,7 @@ def make_synthetic_dataset(
         jobs.append(("test", name, per_type.get(name, 0), name))
         per_type[name] = per_type.get(name, 0) + 1
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{category}.", suffix=".tmp", dir=out))
+    tmp = make_temp_dir(out, prefix=f".{category}.", suffix=".tmp")
     try:
         for n, (split, folder, index, defect) in enumerate(
             track(jobs, f"synthesising {category}", total=len(jobs))

@@ -3,7 +3,8 @@
 Image level: :func:`image_auroc`, :func:`roc_curve`, :func:`f1_max`. Pixel level:
 :func:`pixel_auroc`, :func:`pro_curve`, :func:`aupro`, :func:`pixel_f1_max`, or all of them
 from one pass: :func:`pixel_metrics`. Operating point: :func:`region_detection_rate`,
-:func:`pixel_iou`. Everything for one category: :func:`category_metrics`.
+:func:`pixel_iou`. Everything for one category: :func:`category_metrics` (with the PRO curve:
+:func:`category_metrics_and_pro_curve`).
 Higher score = more anomalous; ``score >= threshold`` = anomalous.
 
 Every distinct score is a threshold, counts are exact integers and sums are float64; the
@@ -14,7 +15,7 @@ input (NaN/inf scores, mismatched shapes, a missing class) raises :class:`Metric
 from __future__ import annotations
 
 from defectmap.metrics._input import MetricInputError
-from defectmap.metrics.category import category_metrics
+from defectmap.metrics.category import category_metrics, category_metrics_and_pro_curve
 from defectmap.metrics.pixel import (
     aupro,
     label_regions,
@@ -31,6 +32,7 @@ __all__ = [
     "MetricInputError",
     "aupro",
     "category_metrics",
+    "category_metrics_and_pro_curve",
     "f1_max",
     "image_auroc",
     "image_scores_from_maps",

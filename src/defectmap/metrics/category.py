@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from defectmap.metrics._core import ThresholdTable
 from defectmap.metrics._input import (
     MapsLike,
     MasksLike,
@@ -20,6 +21,7 @@ from defectmap.metrics.pixel import (
     PixelGroup,
     collect_pixels,
     pixel_metrics_from_table,
+    pro_curve_from_table,
     table_for,
 )
 from defectmap.metrics.ranking import f1_max, image_auroc, image_scores_from_maps
@@ -63,6 +65,28 @@ def category_metrics(
         are None without maps and masks. The pixels are gathered and sorted once; every
         subset is evaluated from the same per-defect sorted arrays.
     """
+    return category_metrics_and_pro_curve(scores, labels, defect_types, maps, masks,
+                                          fpr_limit)[0]
+
+
+def category_metrics_and_pro_curve(
+    scores: ArrayLike | None,
+    labels: ArrayLike,
+    defect_types: Sequence[str],
+    maps: MapsLike | None = None,
+    masks: MasksLike | None = None,
+    fpr_limit: float = 0.3,
+) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray] | None]:
+    """:func:`category_metrics` and the PRO curve of all its images, from one pixel sort.
+
+    Returns
+    -------
+    metrics : dict
+        As :func:`category_metrics`.
+    pro_curve : (fpr, pro) or None
+        The vertices of :func:`~defectmap.metrics.pro_curve` over all images (the curve whose
+        area is ``metrics["aupro"]``); None without maps and masks.
+    """
     limit = check_fpr_limit(fpr_limit)
     if scores is None:
         if maps is None:
@@ -83,7 +107,7 @@ def category_metrics(
     if maps is not None and masks is not None:
         pixel_groups = collect_pixels(maps, masks, groups=keys)
 
-    def metrics_of(members: list[str]) -> dict[str, Any]:
+    def metrics_of(members: list[str], which: str) -> tuple[dict[str, Any], ThresholdTable | None]:
         idx = np.flatnonzero(np.isin(np.asarray(keys), members))
         f1, f1_threshold = f1_max(s[idx], y[idx])
         out: dict[str, Any] = {
@@ -98,15 +122,18 @@ def category_metrics(
             "n_images": int(idx.size),
             "n_defective": int(y[idx].sum()),
         }
+        table = None
         if pixel_groups is not None:
             groups = [pixel_groups[k] for k in members if k in pixel_groups]
             try:
-                out.update(pixel_metrics_from_table(table_for(groups, weighted=True), limit))
+                table = table_for(groups, weighted=True)
+                out.update(pixel_metrics_from_table(table, limit))
             except MetricInputError as exc:
-                which = "all images" if len(members) > 2 else f"defect type {members[1]!r}"
                 raise MetricInputError(f"{which}: {exc}") from exc
-        return out
+        return out, table
 
-    result = metrics_of([_GOOD_KEY, *defects])
-    result["per_defect"] = {d: metrics_of([_GOOD_KEY, d]) for d in defects}
-    return result
+    result, table = metrics_of([_GOOD_KEY, *defects], "all images")
+    result["per_defect"] = {
+        d: metrics_of([_GOOD_KEY, d], f"defect type {d!r}")[0] for d in defects
+    }
+    return result, None if table is None else pro_curve_from_table(table)
