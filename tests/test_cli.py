@@ -232,3 +232,16 @@ def test_ctrl_c_during_evaluate_leaves_no_output(model_dir: Path, synthetic_root
     # not reached with typer 0.29; reported to the lead).
     assert rc == 130 and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # neither the output nor a temporary folder
+
+
+def test_debug_flag_does_not_stick_to_later_runs(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from defectmap.errors import DefectmapError
+
+    monkeypatch.delenv("DEFECTMAP_DEBUG", raising=False)
+    argv = ["benchmark", str(tmp_path / "nowhere"), "--out", str(tmp_path / "b")]
+    with pytest.raises(DefectmapError, match="does not exist"):
+        run_app(["--debug", *argv])  # --debug: the error propagates with its traceback
+    rc, _, err = run(capsys, *argv)  # the next call in the same process is not in debug mode
+    assert rc == 1 and "does not exist" in _one_error_line(err)

@@ -125,6 +125,17 @@ def test_save_load_fresh_object_same_scores(fitted: Detector, synthetic, tmp_pat
     assert load_detector(tmp_path).get_params() == fitted.get_params()
 
 
+def test_save_numpy_params_as_plain_json(fitted: Detector, tmp_path: Path) -> None:
+    import copy
+
+    detector = copy.copy(fitted)  # the fixture is shared: change a shallow copy
+    detector.random_state = np.int64(3)
+    detector.save(tmp_path)
+    loaded = load_detector(tmp_path)
+    assert loaded.get_params()["random_state"] == 3
+    assert type(loaded.get_params()["random_state"]) is int
+
+
 def test_broken_model_files_name_the_file(fitted: Detector, tmp_path: Path) -> None:
     with pytest.raises(ModelFileError, match="model.json"):
         load_detector(tmp_path)

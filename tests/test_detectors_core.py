@@ -88,6 +88,22 @@ def test_maps_to_native_sizes_and_constant_map() -> None:
     np.testing.assert_allclose(out[0], 3.0, rtol=1e-6)
 
 
+@pytest.mark.parametrize("sigma", [4.0, 0.0])
+def test_maps_to_native_equals_upsample_blur_resize(sigma: float) -> None:
+    """The matrix form of upsampling + blur is the interpolate-then-convolve pipeline."""
+    import torch.nn.functional as F
+
+    grid = _points(2 * 5 * 7, 1, 8).reshape(2, 5, 7).abs()
+    sizes = [(50, 70), (33, 21)]
+    got = maps_to_native(grid, sizes, 40, sigma)
+    up = F.interpolate(grid.unsqueeze(1), size=(40, 40), mode="bilinear", align_corners=False)
+    up = gaussian_blur(up.squeeze(1), sigma)
+    for i, (h, w) in enumerate(sizes):
+        ref = F.interpolate(up[i][None, None], size=(h, w), mode="bilinear",
+                            align_corners=False)[0, 0].numpy()
+        np.testing.assert_allclose(got[i], ref, rtol=1e-5, atol=1e-6)
+
+
 def test_padim_mahalanobis_matches_numpy() -> None:
     from defectmap.detectors import PaDiM
 

@@ -122,6 +122,11 @@ def test_gallery_panel_downscales_and_draws_contours() -> None:
     gt_panel = panel[:, 2 * 56: 2 * 56 + 50]
     assert (gt_panel == figures.GT_COLOUR).all(axis=-1).sum() > 50  # contour drawn
     assert (panel[:, :50] == figures.GT_COLOUR).all(axis=-1).sum() == 0  # input untouched
+    # Predicted panel: the prediction is drawn over the (thinner) ground truth, so where
+    # the two coincide only the prediction's colour shows.
+    pred_panel = panel[:, 3 * 56: 3 * 56 + 50]
+    assert (pred_panel == figures.PRED_COLOUR).all(axis=-1).sum() > 50
+    assert (pred_panel == figures.GT_COLOUR).all(axis=-1).sum() == 0
 
 
 def test_write_report_is_self_contained(tmp_path: Path) -> None:

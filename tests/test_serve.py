@@ -516,6 +516,10 @@ def test_audit_log_roundtrip_and_errors(tmp_path: Path) -> None:
         open_audit_log("postgresql://db.example/audit")
     with pytest.raises(AuditLogError, match="cannot open"):
         AuditLog(tmp_path)  # a directory is not a database file
+    garbage = tmp_path / "notes.sqlite3"
+    garbage.write_bytes(b"not a database, just text " * 100)
+    with pytest.raises(AuditLogError, match="notes.sqlite3.*cannot open"):
+        AuditLog(garbage)
 
 
 def test_loopback_detection() -> None:

@@ -31,8 +31,9 @@ _DEBUG_ENV = "DEFECTMAP_DEBUG"
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
 ) -> None:
-    if debug:
-        os.environ[_DEBUG_ENV] = "1"
+    # Read by run_app from its argv: setting DEFECTMAP_DEBUG here would leak into every
+    # later run_app call of the same process (tests, embedding programs).
+    del debug
 
 
 def run_app(argv: list[str]) -> int:

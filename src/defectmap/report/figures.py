@@ -201,10 +201,10 @@ def gallery_panel(
         _draw_contour(gt_panel, _resize_mask(gt_mask, size), GT_COLOUR)
     pred_panel = base.copy()
     if pred_mask is not None:
-        _draw_contour(pred_panel, _resize_mask(pred_mask, size), PRED_COLOUR)
         if gt_mask is not None:
             # Ground truth drawn thinly under the prediction for direct comparison.
-            _draw_contour(pred_panel, _resize_mask(gt_mask, size), GT_COLOUR)
+            _draw_contour(pred_panel, _resize_mask(gt_mask, size), GT_COLOUR, width=1)
+        _draw_contour(pred_panel, _resize_mask(pred_mask, size), PRED_COLOUR)
 
     gap, header = 6, 30
     width = 4 * size[0] + 3 * gap

@@ -67,7 +67,7 @@ from defectmap import __version__
 from defectmap.constants import MAX_IMAGE_PIXELS
 from defectmap.data.io import MAX_UPLOAD_BYTES, decode_image
 from defectmap.errors import DefectmapError, ImageReadError, ModelFileError
-from defectmap.files import write_bytes
+from defectmap.files import to_jsonable, write_bytes
 from defectmap.serve.audit import AuditLog, AuditLogError, AuditRecord, open_audit_log
 from defectmap.serve.render import color_scale, encode_png, heatmap_rgb, overlay_rgb
 
@@ -146,7 +146,7 @@ class InspectionService:
             raise DefectmapError(f"{model_dir}: model directory not found")
         self.model_dir = model_dir
         self.model = load_model(model_dir)
-        self.description: dict[str, Any] = _jsonable(self.model.describe())
+        self.description: dict[str, Any] = to_jsonable(self.model.describe())
         self.model_name = model_dir.resolve().name
         self.model_hash = str(self.model.model_hash)
         calibration = getattr(self.model, "calibration", None)
@@ -186,7 +186,7 @@ class InspectionService:
             For empty, too large, non-image or unreadable uploads.
         """
         started = time.perf_counter()
-        image = self._decode(data, filename)
+        image, fmt = self._decode(data, filename)
         result = self._inspect(image)
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         inspection_id = uuid.uuid4().hex
@@ -194,7 +194,7 @@ class InspectionService:
         bboxes = [region["bbox"] for region in result["regions"]]
         paths: dict[str, str | None] = {}
         if self.store_images:
-            paths = self._store_files(inspection_id, data, image, amap, bboxes)
+            paths = self._store_files(inspection_id, data, fmt, image, amap, bboxes)
         record = AuditRecord(
             id=inspection_id,
             created_at="",  # set by the log under its lock, so time order = insert order
@@ -224,7 +224,8 @@ class InspectionService:
                 self._cache.popitem(last=False)
         return record
 
-    def _decode(self, data: bytes, filename: str) -> np.ndarray:
+    def _decode(self, data: bytes, filename: str) -> tuple[np.ndarray, str]:
+        """The decoded (H, W, 3) uint8 image and its format name (``"PNG"``, ...)."""
         if not data:
             raise ApiError(400, "empty_upload", f"{filename}: empty upload (0 bytes)")
         if len(data) > self.max_upload_bytes:
@@ -235,12 +236,13 @@ class InspectionService:
             )
         fmt = _probe_format(data, filename, self.max_pixels)
         try:
-            return decode_image(
+            image = decode_image(
                 data, filename, mode="RGB", max_pixels=self.max_pixels,
                 max_bytes=self.max_upload_bytes,
             )
         except ImageReadError as exc:
             raise ApiError(400, "unreadable_image", f"{exc} (format {fmt})") from exc
+        return image, fmt
 
     def _inspect(self, image: np.ndarray) -> dict[str, Any]:
         with self._infer_lock:
@@ -251,11 +253,11 @@ class InspectionService:
         self,
         inspection_id: str,
         data: bytes,
+        fmt: str,
         image: np.ndarray,
         amap: np.ndarray,
         bboxes: list[list[int]],
     ) -> dict[str, str | None]:
-        fmt = _probe_format(data, inspection_id, self.max_pixels)
         suffix = _FORMAT_SUFFIX.get(fmt, ".bin")
         scaled = color_scale(amap, self._normalize_map)
         contents = {
@@ -364,21 +366,6 @@ def _inspection_fields(inspection: Any) -> dict[str, Any]:
         "regions": regions,
         "map": inspection.anomaly_map,
     }
-
-
-def _jsonable(value: Any) -> Any:
-    """Convert NumPy scalars/arrays and paths inside ``value`` to JSON-ready Python values."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 def record_json(record: AuditRecord) -> dict[str, Any]:

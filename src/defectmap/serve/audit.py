@@ -160,10 +160,14 @@ class AuditLog:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = self._connect()
+        except (sqlite3.Error, OSError) as exc:
+            raise AuditLogError(f"{self.path}: cannot open the audit database: {exc}") from exc
+        try:
             with self._lock:
                 self._conn.executescript(self._SCHEMA)
                 last = self._conn.execute("SELECT MAX(created_at) FROM inspections").fetchone()[0]
-        except (sqlite3.Error, OSError) as exc:
+        except sqlite3.Error as exc:
+            self._conn.close()
             raise AuditLogError(f"{self.path}: cannot open the audit database: {exc}") from exc
         self._last_time: datetime | None = (
             None if last is None else datetime.fromisoformat(last).astimezone(UTC)
@@ -182,11 +186,14 @@ class AuditLog:
         conn = sqlite3.connect(
             self.path, check_same_thread=False, isolation_level=None, timeout=30.0
         )
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            conn.close()
-            raise sqlite3.OperationalError(f"WAL mode refused (journal_mode={mode})")
-        conn.execute("PRAGMA synchronous=FULL")
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise sqlite3.OperationalError(f"WAL mode refused (journal_mode={mode})")
+            conn.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error:
+            conn.close()  # e.g. a file that is not a database: do not leak the handle
+            raise
         conn.row_factory = sqlite3.Row
         return conn
 
