@@ -189,3 +189,16 @@ def test_atomic_output_dir_refuses_unrelated_folder(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(DefectmapError, match="not a folder"), atomic_output_dir(tmp_path / "file"):
         pass
+
+
+def test_table_mean_skips_undefined_values():
+    rows = [
+        {"category": "a", "detector": "patchcore", "image_auroc": 0.9, "pixel_auroc": float("nan"),
+         "aupro": 0.5},
+        {"category": "b", "detector": "patchcore", "image_auroc": 0.7, "pixel_auroc": 0.8,
+         "aupro": None},
+    ]
+    mean = build_table(rows, ["patchcore"])["mean"]["patchcore"]
+    assert mean["image_auroc"] == pytest.approx(0.8)
+    assert mean["pixel_auroc"] == pytest.approx(0.8)  # the NaN category is left out
+    assert mean["aupro"] == pytest.approx(0.5)

@@ -550,3 +550,14 @@ def test_cli_refuses_public_host_without_token_and_bad_model(
     err = capsys.readouterr().err
     assert rc == 1 and "broken-model" in err
     assert_one_error(err)
+
+
+def test_since_accepts_an_offset_whose_plus_became_a_space():
+    from defectmap.serve.audit import parse_timestamp
+
+    expected = parse_timestamp("2026-11-29T07:00:00Z")
+    assert parse_timestamp("2026-11-29T08:00:00+01:00") == expected
+    assert parse_timestamp("2026-11-29T08:00:00 01:00") == expected  # '+' unescaped in a URL
+    assert parse_timestamp("2026-11-29 07:00:00") == expected
+    with pytest.raises(AuditLogError):
+        parse_timestamp("yesterday")

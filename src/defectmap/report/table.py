@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,8 @@ def build_table(rows: Sequence[Mapping[str, Any]], detectors: Sequence[str]) -> 
     for det in detectors:
         mean[det] = {}
         for key, _ in COLUMNS:
-            values = [r[det][key] for r in table_rows if r[det][key] is not None]
+            values = [r[det][key] for r in table_rows
+                      if r[det][key] is not None and math.isfinite(r[det][key])]
             mean[det][key] = float(np.mean(values)) if values else None
     return {"detectors": list(detectors), "columns": [k for k, _ in COLUMNS],
             "rows": table_rows, "mean": mean}

@@ -31,6 +31,7 @@ no PRAGMAs). :func:`open_audit_log` is the single place that would map a
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 from collections.abc import Mapping
@@ -68,6 +69,9 @@ def format_timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+_SPACED_OFFSET = re.compile(r"(\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}(?::?\d{2})?)$")
+
+
 def parse_timestamp(text: str) -> str:
     """Parse a ``since=`` filter value (ISO 8601) into the stored timestamp format.
 
@@ -76,8 +80,10 @@ def parse_timestamp(text: str) -> str:
     AuditLogError
         When ``text`` is not an ISO-8601 date or date-time.
     """
+    # An unescaped "+" of a UTC offset arrives as a space ("...T08:00:00 01:00").
+    text = _SPACED_OFFSET.sub(r"\1+\2", text.strip())
     try:
-        moment = datetime.fromisoformat(text.strip().replace(" ", "T"))
+        moment = datetime.fromisoformat(text.replace(" ", "T"))
     except ValueError as exc:
         raise AuditLogError(
             f"since={text!r} is not an ISO-8601 time (e.g. 2026-11-29T00:30:00Z)"
