@@ -19,10 +19,10 @@ from defectmap.calibrate import (
     conformal_rank,
     fit_calibration,
     min_validation_size,
-    operating_point_metrics,
     split_validation,
 )
 from defectmap.errors import DefectmapError, ModelFileError
+from defectmap.evaluate.operating import operating_point_metrics
 
 # ----------------------------------------------------------------------------- splitting
 

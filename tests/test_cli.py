@@ -41,10 +41,8 @@ def model_dir(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def test_fit_writes_a_loadable_calibrated_model(model_dir: Path) -> None:
     assert {"model.json", "weights.safetensors", "calibration.json", "training.json"} <= {
         p.name for p in model_dir.iterdir()}
-    import defectmap.cli.model as model_cli
-    from defectmap.detectors import DEFAULT_DETECTOR
+    from defectmap.constants import DEFAULT_DETECTOR
 
-    assert model_cli.DEFAULT_DETECTOR == DEFAULT_DETECTOR  # the CLI's copy stays in sync
     model = load_model(model_dir)
     assert model.detector.name == DEFAULT_DETECTOR
     assert model.detector.get_params()["input_size"] == 96
@@ -132,13 +130,13 @@ def test_benchmark_table_and_missing_category(synthetic_root: Path, tmp_path: Pa
 
 def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                               monkeypatch: pytest.MonkeyPatch) -> None:
-    import defectmap.cli.model as model_cli
+    import defectmap.demo as demo
 
     # The real demo (40 train / 30 test at 160 px) is timed by hand; here a smaller one.
-    monkeypatch.setattr(model_cli, "DEMO_N_TRAIN", 14)
-    monkeypatch.setattr(model_cli, "DEMO_N_TEST", 6)
-    monkeypatch.setattr(model_cli, "DEMO_SIZE", 64)
-    monkeypatch.setattr(model_cli, "DEMO_INPUT_SIZE", 64)
+    monkeypatch.setattr(demo, "N_TRAIN", 14)
+    monkeypatch.setattr(demo, "N_TEST", 6)
+    monkeypatch.setattr(demo, "SIZE", 64)
+    monkeypatch.setattr(demo, "INPUT_SIZE", 64)
     rc, stdout, err = run(capsys, "demo", "--out", tmp_path / "demo")
     assert rc == 0, err
     table = json.loads((tmp_path / "demo" / "table.json").read_text())
@@ -220,12 +218,12 @@ def test_console_script_prints_no_traceback(tmp_path: Path) -> None:
 def test_ctrl_c_during_evaluate_leaves_no_output(model_dir: Path, synthetic_root: Path,
                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    import defectmap.evaluate as evaluate
+    import defectmap.evaluate.protocol as protocol
 
     def interrupted(path: Path, array: np.ndarray) -> None:
         raise KeyboardInterrupt  # as if Ctrl-C arrived while the maps are written
 
-    monkeypatch.setattr(evaluate, "_write_tiff", interrupted)
+    monkeypatch.setattr(protocol, "write_map", interrupted)
     rc, _, err = run(capsys, "evaluate", model_dir, synthetic_root, "--category", "synthetic",
                      "--out", tmp_path / "eval")
     # Typer turns KeyboardInterrupt into exit code 130 (run_app's "interrupted" line is

@@ -98,7 +98,7 @@ def test_metrics_json_matches_a_recomputation_from_the_tiff_maps(
 def test_evaluate_maps_reads_the_written_maps(evaluated: tuple[Path, dict[str, Any]],
                                               synthetic_root: Path, capsys) -> None:
     from defectmap.cli._common import run_app
-    from defectmap.evaluate_maps import evaluate_maps_dir
+    from defectmap.evaluate.maps import evaluate_maps_dir
 
     out, metrics = evaluated
     result = evaluate_maps_dir(out / "maps", synthetic_root)
@@ -130,12 +130,12 @@ def test_report_and_figures_are_written(evaluated: tuple[Path, dict[str, Any]]) 
 def test_interrupt_keeps_previous_output_or_leaves_none(
     trained: tuple[CategoryData, InspectionModel], tmp_path: Path, monkeypatch
 ) -> None:
-    import defectmap.evaluate as evaluate
+    import defectmap.evaluate.protocol as protocol
 
     data, model = trained
     small = _small(data)
     calls = {"n": 0}
-    real_write = evaluate._write_tiff
+    real_write = protocol.write_map
 
     def interrupted_write(path: Path, array: np.ndarray) -> None:
         calls["n"] += 1
@@ -147,7 +147,7 @@ def test_interrupt_keeps_previous_output_or_leaves_none(
     (out / "maps").mkdir(parents=True)
     (out / "metrics.json").write_text('{"earlier": true}')
     (out / "maps" / "old.tiff").write_bytes(b"earlier map")
-    monkeypatch.setattr(evaluate, "_write_tiff", interrupted_write)
+    monkeypatch.setattr(protocol, "write_map", interrupted_write)
     with pytest.raises(KeyboardInterrupt):
         evaluate_model(model, small, out, report=False)
     assert calls["n"] == 3

@@ -14,8 +14,7 @@ import pytest
 from PIL import Image
 
 from defectmap.errors import DefectmapError
-from defectmap.evaluate import atomic_output_dir
-from defectmap.files import to_jsonable, write_json
+from defectmap.files import atomic_output_dir, to_jsonable, write_json
 from defectmap.report import ReportData, figures, select_gallery, write_report
 from defectmap.report.table import build_table, to_csv, to_markdown
 
@@ -165,15 +164,15 @@ def test_write_report_needs_images_only_for_the_gallery(tmp_path: Path) -> None:
 
 def test_atomic_output_dir_keeps_previous_on_interrupt(tmp_path: Path) -> None:
     out = tmp_path / "eval"
-    with atomic_output_dir(out) as tmp:
+    with atomic_output_dir(out, "metrics.json") as tmp:
         (tmp / "metrics.json").write_text('{"v": 1}')
     assert json.loads((out / "metrics.json").read_text()) == {"v": 1}
-    with pytest.raises(KeyboardInterrupt), atomic_output_dir(out) as tmp:
+    with pytest.raises(KeyboardInterrupt), atomic_output_dir(out, "metrics.json") as tmp:
         (tmp / "metrics.json").write_text('{"v": 2}')
         raise KeyboardInterrupt
     assert json.loads((out / "metrics.json").read_text()) == {"v": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval"]  # no temp folder left
-    with atomic_output_dir(out) as tmp:
+    with atomic_output_dir(out, "metrics.json") as tmp:
         (tmp / "metrics.json").write_text('{"v": 3}')
     assert json.loads((out / "metrics.json").read_text()) == {"v": 3}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval"]
@@ -183,12 +182,14 @@ def test_atomic_output_dir_refuses_unrelated_folder(tmp_path: Path) -> None:
     precious = tmp_path / "home"
     precious.mkdir()
     (precious / "thesis.tex").write_text("do not delete")
-    with pytest.raises(DefectmapError, match="refusing to replace"), atomic_output_dir(precious):
-        pass
+    with pytest.raises(DefectmapError, match="refusing to replace"):
+        with atomic_output_dir(precious, "metrics.json"):
+            pass
     assert (precious / "thesis.tex").read_text() == "do not delete"
     (tmp_path / "file").write_text("x")
-    with pytest.raises(DefectmapError, match="not a folder"), atomic_output_dir(tmp_path / "file"):
-        pass
+    with pytest.raises(DefectmapError, match="not a folder"):
+        with atomic_output_dir(tmp_path / "file", "x"):
+            pass
 
 
 def test_table_mean_skips_undefined_values():

@@ -24,9 +24,9 @@ import uvicorn
 from PIL import Image
 
 from defectmap.cli._common import run_app
-from defectmap.cli.serve import is_loopback
 from defectmap.data.io import read_image
 from defectmap.serve import AuditLog, AuditLogError, AuditRecord, create_app, open_audit_log
+from defectmap.serve.policy import is_loopback
 
 MAX_BYTES = 2_000_000
 MAX_PIXELS = 4_000_000

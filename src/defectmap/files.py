@@ -5,13 +5,25 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["make_temp_dir", "to_jsonable", "write_bytes", "write_text", "write_json"]
+from defectmap.errors import DefectmapError
+
+__all__ = [
+    "atomic_output_dir",
+    "make_temp_dir",
+    "to_jsonable",
+    "write_bytes",
+    "write_json",
+    "write_text",
+]
 
 # mkstemp/mkdtemp create files and folders for the owner only; outputs get the usual
 # permissions.
@@ -78,3 +90,46 @@ def write_json(path: str | Path, payload: Any) -> None:
     """Write ``payload`` as indented, strict JSON (see :func:`to_jsonable`) atomically."""
     text = json.dumps(to_jsonable(payload), indent=2, allow_nan=False) + "\n"
     write_text(path, text)
+
+
+@contextmanager
+def atomic_output_dir(out_dir: str | Path, marker: str | None) -> Iterator[Path]:
+    """Yield a temporary folder beside ``out_dir``; on success it replaces ``out_dir``.
+
+    On any exception, ``KeyboardInterrupt`` included, the temporary folder is deleted and an
+    existing ``out_dir`` is left untouched. An existing non-empty ``out_dir`` is only
+    replaced when it contains ``marker`` (it is then an earlier output of the same kind),
+    so a typo in ``--out`` cannot wipe an unrelated folder.
+
+    Raises
+    ------
+    DefectmapError
+        ``out_dir`` is a file, or a non-empty folder without ``marker``.
+    """
+    out = Path(out_dir).absolute()
+    if out.exists() and not out.is_dir():
+        raise DefectmapError(f"{out}: exists and is not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and marker is not None and not (out / marker).exists():
+        raise DefectmapError(
+            f"{out}: folder exists, is not empty and holds no {marker} (not an earlier "
+            "output); refusing to replace it, choose another --out"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = make_temp_dir(out.parent, prefix=f".{out.name}.tmp-")
+    try:
+        yield tmp
+        if out.exists():
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+            os.replace(out, old / out.name)
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                os.replace(old / out.name, out)  # put the previous output back
+                shutil.rmtree(old, ignore_errors=True)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

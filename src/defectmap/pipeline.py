@@ -36,13 +36,12 @@ import numpy as np
 from defectmap import __version__
 from defectmap.calibrate import (
     CALIBRATION_FILE,
-    DEFAULT_ALPHA,
-    DEFAULT_PIXEL_FPR,
     Calibration,
     Region,
     fit_calibration,
     split_validation,
 )
+from defectmap.constants import DEFAULT_ALPHA, DEFAULT_DETECTOR, DEFAULT_PIXEL_FPR
 from defectmap.data.records import CategoryData, Sample
 from defectmap.errors import DatasetError, ModelFileError
 from defectmap.files import write_json
@@ -295,7 +294,7 @@ def _now() -> str:
 def train_model(
     category_data: CategoryData,
     out_dir: str | os.PathLike[str],
-    detector: str = "patchcore",
+    detector: str = DEFAULT_DETECTOR,
     detector_params: dict[str, Any] | None = None,
     val_ratio: float = 0.1,
     min_val: int = 10,
@@ -336,8 +335,10 @@ def train_model(
     DatasetError : no good training images.
     CalibrationError : too few images for the split, or invalid alpha / pixel_fpr.
     ModelFileError : ``out_dir`` exists and is not a model directory.
+    UnknownDetectorError, DefectmapError : unknown detector name or parameter (see
+        :func:`~defectmap.detectors.build_detector`).
     """
-    from defectmap.detectors import create_detector
+    from defectmap.detectors import build_detector, create_detector
 
     started_at, t0 = _now(), time.perf_counter()
     out_dir = Path(out_dir)
@@ -356,7 +357,7 @@ def train_model(
             raise DatasetError("validation_images is empty")
 
     params = dict(detector_params or {})
-    model = create_detector(detector, **params)  # __init__ only stores: cheap
+    model = build_detector(detector, params)  # __init__ only stores: cheap
     if "random_state" not in params and "random_state" in model.get_params():
         model = create_detector(detector, **params, random_state=random_state)
     model.fit([s.path for s in fit_samples])

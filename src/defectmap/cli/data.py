@@ -23,7 +23,6 @@ def check(
     ),
 ) -> None:
     """Validate a dataset: counts, sizes, masks; list problems; exit 1 when any."""
-    from defectmap.constants import MVTEC_TEST_COUNTS, MVTEC_TRAIN_COUNTS
     from defectmap.data.check import check_dataset
 
     report = check_dataset(root, categories=list(category) if category else None, full=full)
@@ -36,11 +35,11 @@ def check(
             table = Table(title=title, title_justify="left")
             for column in ("split", "folder", "images", "official"):
                 table.add_column(column, justify="right" if column != "folder" else "left")
-            official = cat.official
+            official = cat.official_counts()
             table.add_row("train", "good", str(cat.n_train),
-                          str(MVTEC_TRAIN_COUNTS[cat.name]) if official else "-")
+                          "-" if official is None else str(official[0]))
             for folder, n in cat.test_counts.items():
-                ref = MVTEC_TEST_COUNTS[cat.name].get(folder, 0) if official else None
+                ref = None if official is None else official[1][folder]
                 table.add_row("test", folder, str(n), "-" if ref is None else str(ref))
             console.print(table)
             sizes = ", ".join(f"{k} ({v})" for k, v in cat.image_sizes.items()) or "-"

@@ -61,7 +61,7 @@ def evaluate_maps(
     ),
 ) -> None:
     """Image AUROC, pixel AUROC, AU-PRO and F1-max of anomaly maps, per category and defect."""
-    from defectmap.evaluate_maps import evaluate_maps_dir
+    from defectmap.evaluate.maps import evaluate_maps_dir
 
     result = evaluate_maps_dir(
         maps_dir, dataset_root, list(category) if category else None, fpr_limit

@@ -92,6 +92,17 @@ class CategoryReport:
         """Number of test images."""
         return sum(self.test_counts.values())
 
+    def official_counts(self) -> tuple[int, dict[str, int]] | None:
+        """Published ``(train, {test folder: count})`` of an official category, else None.
+
+        The test folders are those found on disk plus the published ones (0 when absent).
+        """
+        if not self.official:
+            return None
+        expected = MVTEC_TEST_COUNTS[self.name]
+        folders = list(self.test_counts) + [f for f in expected if f not in self.test_counts]
+        return MVTEC_TRAIN_COUNTS[self.name], {f: expected.get(f, 0) for f in folders}
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {

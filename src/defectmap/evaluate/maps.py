@@ -1,4 +1,8 @@
-"""Evaluate anomaly maps written by any method, in the official MVTec AD layout.
+"""Anomaly-map files (read any method's, write ours) and the metrics of a folder of them.
+
+:func:`write_map` writes defectmap's maps (float32 TIFF, the image's size);
+:func:`read_map` reads any method's; :func:`evaluate_maps_dir` computes the MVTec AD metrics
+of a maps folder against a dataset.
 
 Maps layout (as the official evaluation code expects)::
 
@@ -39,6 +43,19 @@ _MAX_LISTED = 20
 
 class MapFileError(DefectmapError, ValueError):
     """A map file is missing, unreadable, of the wrong size or holds NaN / inf values."""
+
+
+def write_map(path: str | Path, anomaly_map: np.ndarray) -> None:
+    """Write one anomaly map (H, W) as a float32 TIFF, creating the parent folders.
+
+    Meant for files inside a folder that :func:`defectmap.files.atomic_output_dir` renames
+    into place when complete, so the file itself is written directly.
+    """
+    import tifffile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, np.asarray(anomaly_map, dtype=np.float32))
 
 
 def read_map(path: str | Path) -> np.ndarray:
