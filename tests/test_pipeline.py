@@ -12,7 +12,7 @@ import pytest
 from defectmap.calibrate import Calibration
 from defectmap.data.mvtec import load_category
 from defectmap.data.records import CategoryData
-from defectmap.errors import ModelFileError
+from defectmap.errors import DefectmapError, ModelFileError
 from defectmap.pipeline import InspectionModel, load_model, train_model
 
 PARAMS = {"input_size": 64, "coreset_ratio": 0.25}
@@ -156,7 +156,7 @@ def test_retrain_replaces_only_when_complete(trained, data, tmp_path, monkeypatc
     not_a_model = tmp_path / "photos"
     not_a_model.mkdir()
     (not_a_model / "holiday.jpg").write_bytes(b"x")
-    with pytest.raises(ModelFileError, match="refusing to replace"):
+    with pytest.raises(DefectmapError, match="refusing to replace"):
         train_model(data, not_a_model, detector_params=PARAMS)
     assert (not_a_model / "holiday.jpg").read_bytes() == b"x"
 

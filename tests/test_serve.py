@@ -25,6 +25,7 @@ from PIL import Image
 
 from defectmap.cli._common import run_app
 from defectmap.data.io import read_image
+from defectmap.evaluate.predict import predict_to_dir
 from defectmap.serve import AuditLog, AuditLogError, AuditRecord, create_app, open_audit_log
 from defectmap.serve.policy import is_loopback
 
@@ -198,7 +199,8 @@ def test_healthz_model_and_page(
 
 
 def test_inspect_matches_library_and_is_logged(
-    client: httpx.Client, server: LiveServer, model_dir: Path, images: dict[str, list[Path]]
+    client: httpx.Client, server: LiveServer, model_dir: Path, images: dict[str, list[Path]],
+    tmp_path: Path,
 ) -> None:
     model = server.app.state.service.model
     threshold = client.get("/v1/model").json()["thresholds"]["image_threshold"]
@@ -241,6 +243,10 @@ def test_inspect_matches_library_and_is_logged(
         assert np.abs(pictures["overlay"] - original).mean() < np.abs(
             pictures["heatmap"] - original
         ).mean()
+        # One renderer: `predict` writes exactly the overlay the service serves.
+        rows = predict_to_dir(model, [path], tmp_path / path.stem, write_maps=False)
+        overlay_file = tmp_path / path.stem / rows[0]["overlay"]
+        assert overlay_file.read_bytes() == client.get(body["links"]["overlay"]).content
 
     pasted, good = answers
     # A real model: the pasted patch is a defect, found where it was pasted.

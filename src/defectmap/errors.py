@@ -20,6 +20,10 @@ class ImageReadError(DefectmapError, ValueError):
     """An image or mask file cannot be read; the message names the file and the problem."""
 
 
+class ImageTooLargeError(ImageReadError):
+    """An image has more pixels, or an upload more bytes, than allowed (refused undecoded)."""
+
+
 class DatasetError(DefectmapError, ValueError):
     """A dataset folder does not have the expected layout."""
 

@@ -15,10 +15,9 @@ from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage
 
 from defectmap.calibrate.conformal import as_map
+from defectmap.metrics import label_regions
 
 __all__ = ["Region", "label_defects", "regions_from_labels", "segment"]
-
-_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,7 @@ def label_defects(
     n : number of regions kept.
     """
     array = as_map(anomaly_map)
-    labels, n = ndimage.label(array > threshold, structure=_EIGHT_CONNECTED)
+    labels, n = label_regions(array > threshold)
     if n and min_region_area > 1:
         areas = np.bincount(labels.ravel(), minlength=n + 1)
         keep = areas >= min_region_area

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from defectmap.constants import MVTEC_TEST_COUNTS, MVTEC_TRAIN_COUNTS
 from defectmap.data.io import read_mask_values, verify_image
@@ -46,11 +45,10 @@ from defectmap.data.mvtec import (
 )
 from defectmap.data.records import GOOD, CategoryData, Sample
 from defectmap.errors import DatasetError, ImageReadError
+from defectmap.metrics import label_regions
 from defectmap.progress import track
 
 __all__ = ["CategoryReport", "CheckReport", "Problem", "check_dataset"]
-
-_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 @dataclass
@@ -194,7 +192,7 @@ def _check_sample(sample: Sample, full: bool) -> _SampleResult:
             "mask_empty", sample.mask_path,
             f"mask of defective image {sample.path.name} has no defect pixel"))
     else:
-        _, result.n_regions = ndimage.label(values > 0, structure=_EIGHT_CONNECTED)
+        _, result.n_regions = label_regions(values > 0)
     return result
 
 

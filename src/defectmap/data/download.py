@@ -29,13 +29,11 @@ The MVTec AD dataset is licensed CC BY-NC-SA 4.0 by MVTec Software GmbH.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
 import shutil
 import tarfile
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -46,9 +44,10 @@ from pathlib import Path
 from defectmap.constants import MVTEC_CATEGORIES
 from defectmap.data.mvtec import is_category_dir
 from defectmap.errors import DatasetError, OfflineError
+from defectmap.files import make_temp_dir, replace_dir, sha256_file
 from defectmap.progress import track
 
-__all__ = ["MVTEC_ARCHIVES", "Archive", "download_mvtec", "load_manifest", "sha256_file"]
+__all__ = ["MVTEC_ARCHIVES", "Archive", "download_mvtec", "load_manifest"]
 
 _CHUNK = 1 << 20
 FULL_ARCHIVE = "all"
@@ -132,15 +131,6 @@ def load_manifest(path: str | Path) -> dict[str, Archive]:
         return manifest
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DatasetError(f"{path}: invalid download manifest ({exc})") from exc
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _offline(url: str, reason: object) -> OfflineError:
@@ -235,7 +225,7 @@ def _fetch(archive: Archive, downloads: Path, timeout: float, retries: int) -> P
 
 def _extract(archive_file: Path, categories: list[str], root: Path) -> list[Path]:
     """Extract ``categories`` from ``archive_file`` into ``root``, one atomic rename each."""
-    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=root))
+    tmp = make_temp_dir(root, prefix=".extract-")
     try:
         try:
             with tarfile.open(archive_file, "r:*") as tar:
@@ -251,7 +241,7 @@ def _extract(archive_file: Path, categories: list[str], root: Path) -> list[Path
         for name in categories:
             target = root / name
             if not target.exists():
-                os.replace(tmp / name, target)
+                replace_dir(tmp / name, target)
             done.append(target)
         return done
     finally:

@@ -114,12 +114,14 @@ def predict_to_dir(
         One row per image, in input order (as in ``results.csv``).
     """
     from defectmap.data.io import read_image
-    from defectmap.report.figures import overlay_png
+    from defectmap.report.render import colour_scale, encode_png, overlay_rgb
 
     paths = collect_images(inputs)
     names = _unique_names(paths)
     calibration = model.calibration
-    pixel_calibrated = calibration is not None and calibration.pixel_threshold is not None
+    normalize_map = None  # per-image colour scale without a pixel calibration
+    if calibration is not None and calibration.pixel_threshold is not None:
+        normalize_map = calibration.normalize_map
     rows: list[dict[str, Any]] = []
     with atomic_output_dir(out_dir, marker="results.json") as tmp:
         jobs = _chunks(list(zip(paths, names, strict=True)), batch_size)
@@ -141,14 +143,10 @@ def predict_to_dir(
                 if write_maps:
                     write_map(tmp / "maps" / f"{name}.tiff", amap)
                 if write_overlays:
-                    shown: np.ndarray = amap
-                    vmin, vmax = float(amap.min()), float(amap.max())  # per-image scale
-                    if pixel_calibrated:
-                        assert calibration is not None
-                        shown, vmin, vmax = calibration.normalize_map(amap), 0.0, 1.0
+                    picture = overlay_rgb(read_image(path), colour_scale(amap, normalize_map),
+                                          result.mask)
                     (tmp / "overlays").mkdir(exist_ok=True)
-                    write_bytes(tmp / "overlays" / f"{name}.png",
-                                overlay_png(read_image(path), shown, result.mask, vmin, vmax))
+                    write_bytes(tmp / "overlays" / f"{name}.png", encode_png(picture))
                 rows.append(row)
         write_json(tmp / "results.json", {
             "model_hash": model.model_hash,

@@ -26,6 +26,7 @@ import numpy as np
 
 from defectmap.files import write_bytes
 from defectmap.report import figures
+from defectmap.report.render import GT_COLOUR, PRED_COLOUR
 
 __all__ = ["ReportData", "select_gallery", "write_report", "render_html"]
 
@@ -245,8 +246,8 @@ def render_html(data: ReportData, pngs: dict[str, bytes], gallery: list[tuple[st
         parts.append(
             '<p class="note key">Panels: input &middot; anomaly heatmap (one colour scale '
             "for all images) &middot; ground truth "
-            f'<span style="background: rgb{figures.GT_COLOUR}"></span> &middot; predicted '
-            f'region <span style="background: rgb{figures.PRED_COLOUR}"></span> over the '
+            f'<span style="background: rgb{GT_COLOUR}"></span> &middot; predicted '
+            f'region <span style="background: rgb{PRED_COLOUR}"></span> over the '
             "ground truth. Good images with the highest scores come first, then defective "
             "images with the lowest scores.</p>"
         )

@@ -4,8 +4,8 @@ Endpoints (all ``/v1`` calls need ``Authorization: Bearer TOKEN`` when a token i
 
 * ``POST /v1/inspect`` — multipart form, file field ``image``. Returns the decision as JSON
   (id, scores, decision, p-value, regions ``{bbox: [x0, y0, x1, y1] end-exclusive, area,
-  peak}``, model name and hash, thresholds, elapsed ms (decode + inference) and links to the
-  heatmap and overlay). The row is committed to the audit log *before* the
+  peak, centroid}``, model name and hash, thresholds, elapsed ms (decode + inference) and
+  links to the heatmap and overlay). The row is committed to the audit log *before* the
   answer is sent, so every decision a client sees is traceable.
 * ``GET /v1/inspections/{id}/heatmap.png`` and ``.../overlay.png`` — pictures of one inspection.
 * ``GET /v1/inspections?since=&decision=&limit=`` and ``GET /v1/inspections/{id}`` — the

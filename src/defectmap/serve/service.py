@@ -23,11 +23,9 @@ on a CPU one inference already uses every core); audit writes are serialised by 
 from __future__ import annotations
 
 import hashlib
-import io
 import threading
 import time
 import uuid
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,13 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from defectmap.constants import MAX_IMAGE_PIXELS
-from defectmap.data.io import MAX_UPLOAD_BYTES, decode_image
-from defectmap.errors import DefectmapError, ImageReadError, ModelFileError
+from defectmap.data.io import MAX_UPLOAD_BYTES, decode_image, probe_image
+from defectmap.errors import DefectmapError, ImageReadError, ImageTooLargeError, ModelFileError
 from defectmap.files import to_jsonable, write_bytes
-from defectmap.report.render import color_scale, encode_png, heatmap_rgb, overlay_rgb
+from defectmap.report.render import colour_scale, encode_png, heatmap_rgb, overlay_rgb
 from defectmap.serve.audit import AuditLog, AuditLogError, AuditRecord, open_audit_log
 
 __all__ = ["DEFAULT_DB_NAME", "ApiError", "InspectionService"]
@@ -67,7 +64,7 @@ class _Held:
 
     image: np.ndarray  # (H, W, 3) uint8
     amap: np.ndarray  # (H, W) float32
-    bboxes: list[list[int]]
+    mask: np.ndarray | None  # (H, W) bool predicted defect mask; None without pixel threshold
 
 
 class InspectionService:
@@ -155,11 +152,10 @@ class InspectionService:
         result = self._inspect(image)
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         inspection_id = uuid.uuid4().hex
-        amap = np.asarray(result["map"], dtype=np.float32)
-        bboxes = [region["bbox"] for region in result["regions"]]
+        held = _Held(image, np.asarray(result["map"], dtype=np.float32), result["mask"])
         paths: dict[str, str | None] = {}
         if self.store_images:
-            paths = self._store_files(inspection_id, data, fmt, image, amap, bboxes)
+            paths = self._store_files(inspection_id, data, fmt, held)
         record = AuditRecord(
             id=inspection_id,
             created_at="",  # set by the log under its lock, so time order = insert order
@@ -184,7 +180,7 @@ class InspectionService:
             # No row, no answer: a decision that cannot be logged is not handed out.
             raise ApiError(503, "audit_unavailable", str(exc)) from exc
         with self._cache_lock:
-            self._cache[inspection_id] = _Held(image, amap, bboxes)
+            self._cache[inspection_id] = held
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         return record
@@ -199,7 +195,12 @@ class InspectionService:
                 "upload_too_large",
                 f"{filename}: upload is larger than the limit of {self.max_upload_bytes} bytes",
             )
-        fmt = _probe_format(data, filename, self.max_pixels)
+        try:
+            fmt = probe_image(data, filename, self.max_pixels)[3]
+        except ImageTooLargeError as exc:
+            raise ApiError(413, "too_many_pixels", str(exc)) from exc
+        except ImageReadError as exc:
+            raise ApiError(415, "not_an_image", str(exc)) from exc
         try:
             image = decode_image(
                 data, filename, mode="RGB", max_pixels=self.max_pixels,
@@ -214,24 +215,21 @@ class InspectionService:
             inspection = self.model.inspect([image])[0]
         return _inspection_fields(inspection)
 
+    def _render(self, held: _Held, kind: str) -> bytes:
+        """The PNG of one picture: ``"heatmap"`` or ``"overlay"`` (see defectmap.report.render)."""
+        scaled = colour_scale(held.amap, self._normalize_map)
+        if kind == "heatmap":
+            return encode_png(heatmap_rgb(scaled))
+        return encode_png(overlay_rgb(held.image, scaled, held.mask))
+
     def _store_files(
-        self,
-        inspection_id: str,
-        data: bytes,
-        fmt: str,
-        image: np.ndarray,
-        amap: np.ndarray,
-        bboxes: list[list[int]],
+        self, inspection_id: str, data: bytes, fmt: str, held: _Held
     ) -> dict[str, str | None]:
         suffix = _FORMAT_SUFFIX.get(fmt, ".bin")
-        scaled = color_scale(amap, self._normalize_map)
         contents = {
             "image_path": (f"{inspection_id}-input{suffix}", data),
-            "heatmap_path": (f"{inspection_id}-heatmap.png", encode_png(heatmap_rgb(scaled))),
-            "overlay_path": (
-                f"{inspection_id}-overlay.png",
-                encode_png(overlay_rgb(image, scaled, bboxes)),
-            ),
+            "heatmap_path": (f"{inspection_id}-heatmap.png", self._render(held, "heatmap")),
+            "overlay_path": (f"{inspection_id}-overlay.png", self._render(held, "overlay")),
         }
         self.files_dir.mkdir(parents=True, exist_ok=True)
         stored: dict[str, str | None] = {}
@@ -253,10 +251,7 @@ class InspectionService:
         with self._cache_lock:
             held = self._cache.get(inspection_id)
         if held is not None:
-            scaled = color_scale(held.amap, self._normalize_map)
-            if kind == "heatmap":
-                return encode_png(heatmap_rgb(scaled))
-            return encode_png(overlay_rgb(held.image, scaled, held.bboxes))
+            return self._render(held, kind)
         record = self.get(inspection_id)
         stored = record.heatmap_path if kind == "heatmap" else record.overlay_path
         if stored and (self.audit.path.parent / stored).is_file():
@@ -280,54 +275,19 @@ class InspectionService:
 # -- helpers -------------------------------------------------------------------------------
 
 
-def _probe_format(data: bytes, filename: str, max_pixels: int) -> str:
-    """Read only the header: refuse non-images (415) and too many pixels (413)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                width, height = im.size
-                fmt = str(im.format)
-    except Image.DecompressionBombError as exc:
-        raise ApiError(
-            413, "too_many_pixels", f"{filename}: refused, image too large ({exc})"
-        ) from exc
-    except UnidentifiedImageError as exc:
-        raise ApiError(
-            415, "not_an_image", f"{filename}: not an image (expected PNG, JPEG, BMP or TIFF)"
-        ) from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ApiError(
-            415, "not_an_image", f"{filename}: not a readable image header ({exc})"
-        ) from exc
-    if width * height > max_pixels:
-        raise ApiError(
-            413,
-            "too_many_pixels",
-            f"{filename}: refused, image has {width}x{height} = {width * height} pixels, "
-            f"more than the limit of {max_pixels} (possible decompression bomb)",
-        )
-    return fmt
-
-
 def _optional_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
 def _inspection_fields(inspection: Any) -> dict[str, Any]:
-    """Plain JSON-ready values from one ``defectmap.pipeline.Inspection``."""
-    regions = []
-    for region in inspection.regions:
-        x0, y0, x1, y1 = (int(v) for v in region.bbox)
-        regions.append(
-            {"bbox": [x0, y0, x1, y1], "area": int(region.area), "peak": float(region.peak)}
-        )
+    """Plain JSON-ready values from one ``defectmap.pipeline.Inspection``, plus map and mask."""
     decision = inspection.decision
     return {
         "score": float(inspection.score),
         "normalized_score": _optional_float(inspection.normalized_score),
         "p_value": _optional_float(inspection.p_value),
         "decision": None if decision is None else str(decision),
-        "regions": regions,
+        "regions": [region.to_dict() for region in inspection.regions],
         "map": inspection.anomaly_map,
+        "mask": inspection.mask,
     }
