@@ -226,9 +226,7 @@ def test_ctrl_c_during_evaluate_leaves_no_output(model_dir: Path, synthetic_root
     monkeypatch.setattr(protocol, "write_map", interrupted)
     rc, _, err = run(capsys, "evaluate", model_dir, synthetic_root, "--category", "synthetic",
                      "--out", tmp_path / "eval")
-    # Typer turns KeyboardInterrupt into exit code 130 (run_app's "interrupted" line is
-    # not reached with typer 0.29; reported to the lead).
-    assert rc == 130 and "Traceback" not in err
+    assert rc == 130 and err == "interrupted: stopped cleanly, no partial output left\n"
     assert list(tmp_path.iterdir()) == []  # neither the output nor a temporary folder
 
 

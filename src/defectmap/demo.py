@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from defectmap.constants import DEFAULT_DETECTOR
+from defectmap.progress import ProgressCallback
 
 __all__ = ["run_demo"]
 
@@ -31,6 +32,7 @@ def run_demo(
     seed: int = 0,
     *,
     on_result: Callable[[dict[str, Any]], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Write the demo dataset to ``out/data``, then benchmark the default detector on it.
 
@@ -40,6 +42,7 @@ def run_demo(
         files (``table.*``, ``synthetic/<detector>/{model,eval}``).
     seed : seed of the synthetic data and of the fit.
     on_result : called with the pair's metrics as soon as they are known.
+    progress : reports ``(task, done, total)`` of every step (see :mod:`defectmap.progress`).
 
     Returns
     -------
@@ -54,8 +57,8 @@ def run_demo(
     data_root = out / "data"
     folder = make_synthetic_dataset(data_root, category=CATEGORY, kind="object",
                                     n_train=N_TRAIN, n_test=N_TEST, size=SIZE, seed=seed,
-                                    overwrite=True)
+                                    overwrite=True, progress=progress)
     result = run_benchmark(data_root, [CATEGORY], [DEFAULT_DETECTOR], out,
                            detector_params={"input_size": INPUT_SIZE}, random_state=seed,
-                           alpha=ALPHA, on_result=on_result)
+                           alpha=ALPHA, on_result=on_result, progress=progress)
     return {**result, "dataset": folder, "n_train": N_TRAIN, "n_test": N_TEST, "size": SIZE}

@@ -42,6 +42,7 @@ from defectmap.constants import DEFAULT_ALPHA, DEFAULT_DETECTOR, DEFAULT_PIXEL_F
 from defectmap.data.records import CategoryData, Sample
 from defectmap.errors import DatasetError, ModelFileError
 from defectmap.files import atomic_output_dir, check_replaceable, sha256_tree, write_json
+from defectmap.progress import ProgressCallback
 
 if TYPE_CHECKING:
     from defectmap.detectors import Detector
@@ -131,13 +132,19 @@ class InspectionModel:
         name) at load/save time; None for a model that was never saved."""
         return self._model_hash
 
-    def inspect(self, images: Sequence[ImageInput], batch_size: int = 1) -> list[Inspection]:
+    def inspect(
+        self,
+        images: Sequence[ImageInput],
+        batch_size: int = 1,
+        progress: ProgressCallback | None = None,
+    ) -> list[Inspection]:
         """Score, decide and segment images.
 
         Parameters
         ----------
         images : uint8 arrays (H_i, W_i[, 3]) or image file paths.
         batch_size : images per forward pass of the backbone.
+        progress : reports the scoring (see :mod:`defectmap.progress`).
 
         Returns
         -------
@@ -146,7 +153,7 @@ class InspectionModel:
         """
         if len(images) == 0:
             return []
-        prediction = self.detector.predict(images, batch_size=batch_size)
+        prediction = self.detector.predict(images, batch_size=batch_size, progress=progress)
         scores = np.asarray(prediction.scores, dtype=np.float64)
         cal = self.calibration
         if cal is None:
@@ -259,6 +266,7 @@ def train_model(
     min_region_area: int = 1,
     validation_images: Sequence[str | os.PathLike[str]] | None = None,
     batch_size: int = 1,
+    progress: ProgressCallback | None = None,
 ) -> InspectionModel:
     """Fit a detector on good training images, calibrate it on held-out good images, save both.
 
@@ -278,6 +286,8 @@ def train_model(
     validation_images : a separate folder's good images (paths) used for calibration instead
         of a split; then every ``train/good`` image fits the detector.
     batch_size : images per forward pass when scoring the validation images.
+    progress : reports ``(task, done, total)`` of the fit and of the validation scoring
+        (see :mod:`defectmap.progress`).
 
     Returns
     -------
@@ -314,10 +324,10 @@ def train_model(
     model = build_detector(detector, params)  # __init__ only stores: cheap
     if "random_state" not in params and "random_state" in model.get_params():
         model = create_detector(detector, **params, random_state=random_state)
-    model.fit([s.path for s in fit_samples])
+    model.fit([s.path for s in fit_samples], progress=progress)
     fit_seconds = time.perf_counter() - t0
     val_paths = [s.path if isinstance(s, Sample) else s for s in validation]
-    prediction = model.predict(val_paths, batch_size=batch_size)
+    prediction = model.predict(val_paths, batch_size=batch_size, progress=progress)
     calibration = fit_calibration(prediction.scores, prediction.maps, alpha=alpha,
                                   pixel_fpr=pixel_fpr, min_region_area=min_region_area)
     info = {

@@ -16,6 +16,7 @@ from typing import Any
 import typer
 
 from defectmap.cli._common import app, console, err_console
+from defectmap.cli.display import progress_display
 from defectmap.constants import DEFAULT_ALPHA, DEFAULT_DETECTOR, DEFAULT_FPR_LIMIT
 from defectmap.errors import DefectmapError
 
@@ -75,9 +76,10 @@ def fit_command(
     params = _detector_params(backbone, image_size)
     data = load_category(dataset_root, category)
     start = time.perf_counter()
-    with _warnings_as_lines():
+    with _warnings_as_lines(), progress_display() as progress:
         model = train_model(data, out, detector=detector, detector_params=params,
-                            val_ratio=val_ratio, alpha=alpha, random_state=seed)
+                            val_ratio=val_ratio, alpha=alpha, random_state=seed,
+                            progress=progress)
     seconds = time.perf_counter() - start
     cal = model.calibration
     console.print(f"trained [bold]{detector}[/bold] on {data.name} "
@@ -107,8 +109,10 @@ def predict_command(
     from defectmap.pipeline import load_model
 
     model = load_model(model_dir)
-    rows = predict_to_dir(model, images, out, batch_size=batch_size,
-                          write_maps=not no_maps, write_overlays=not no_overlays)
+    with progress_display() as progress:
+        rows = predict_to_dir(model, images, out, batch_size=batch_size,
+                              write_maps=not no_maps, write_overlays=not no_overlays,
+                              progress=progress)
     table = Table(title=f"{len(rows)} images")
     for col in ("image", "score", "normalised", "p-value", "decision"):
         table.add_column(col, justify="left" if col == "image" else "right")
@@ -161,8 +165,10 @@ def evaluate_command(
 
     model = load_model(model_dir)
     data = load_category(dataset_root, category)
-    metrics = evaluate_model(model, data, out, fpr_limit=fpr_limit, write_maps=not no_maps,
-                             batch_size=batch_size)
+    with progress_display() as progress:
+        metrics = evaluate_model(model, data, out, fpr_limit=fpr_limit,
+                                 write_maps=not no_maps, batch_size=batch_size,
+                                 progress=progress)
     _print_metrics(metrics)
     console.print(f"report: {Path(out) / 'report.html'}")
 
@@ -218,11 +224,11 @@ def benchmark_command(
 
     categories = select_categories(dataset_root, category, all_categories)
     detectors = list(detector) if detector else [DEFAULT_DETECTOR]
-    with _warnings_as_lines():
+    with _warnings_as_lines(), progress_display() as progress:
         result = run_benchmark(dataset_root, categories, detectors, out,
                                detector_params=_detector_params(backbone, image_size),
                                random_state=seed, alpha=alpha, on_result=_on_result,
-                               on_missing=_on_missing)
+                               on_missing=_on_missing, progress=progress)
     if not result["rows"]:
         raise DefectmapError(f"{dataset_root}: none of the categories "
                              f"{', '.join(categories)} could be evaluated")
@@ -244,8 +250,8 @@ def demo_command(
     from defectmap.demo import run_demo
 
     start = time.perf_counter()
-    with _warnings_as_lines():
-        result = run_demo(out, seed, on_result=_on_result)
+    with _warnings_as_lines(), progress_display() as progress:
+        result = run_demo(out, seed, on_result=_on_result, progress=progress)
     console.print(f"synthetic dataset: {result['dataset']} ({result['n_train']} train, "
                   f"{result['n_test']} test images, {result['size']} px)")
     _print_benchmark(result, Path(out))

@@ -46,7 +46,7 @@ from defectmap.data.mvtec import (
 from defectmap.data.records import GOOD, CategoryData, Sample
 from defectmap.errors import DatasetError, ImageReadError
 from defectmap.metrics import label_regions
-from defectmap.progress import track
+from defectmap.progress import ProgressCallback, track
 
 __all__ = ["CategoryReport", "CheckReport", "Problem", "check_dataset"]
 
@@ -216,7 +216,9 @@ def _compare_official(report: CategoryReport, data: CategoryData) -> None:
             f"{report.n_masks} masks, official MVTec AD count is {expected_masks}"))
 
 
-def _check_category(folder: Path, workers: int, full: bool) -> CategoryReport:
+def _check_category(
+    folder: Path, workers: int, full: bool, progress: ProgressCallback | None
+) -> CategoryReport:
     data, problems = scan_category(folder)
     official = data.name in MVTEC_TRAIN_COUNTS and data.layout == "mvtec"
     report = CategoryReport(
@@ -238,7 +240,7 @@ def _check_category(folder: Path, workers: int, full: bool) -> CategoryReport:
     modes: Counter[str] = Counter()
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(lambda s: _check_sample(s, full), samples)
-        for result in track(results, f"checking {data.name}", total=len(samples)):
+        for result in track(results, f"checking {data.name}", progress, len(samples)):
             report.problems += result.problems
             report.n_masks += int(result.has_mask)
             report.n_regions += result.n_regions
@@ -258,6 +260,7 @@ def check_dataset(
     categories: list[str] | None = None,
     full: bool = False,
     workers: int | None = None,
+    progress: ProgressCallback | None = None,
 ) -> CheckReport:
     """Validate a dataset folder and return what was found.
 
@@ -270,6 +273,7 @@ def check_dataset(
         chunk CRC-32 checksums instead (finds truncation and corruption, ~50x faster),
         other formats are always decoded. Masks are always decoded.
     workers : decoding threads (default: ``min(4, cpu count)``).
+    progress : reports ``(task, done, total)`` (see :mod:`defectmap.progress`).
 
     Returns
     -------
@@ -296,4 +300,4 @@ def check_dataset(
             if not is_category_dir(root / name):
                 raise DatasetError(f"{root / name}: category folder not found")
             folders.append(root / name)
-    return CheckReport(root, [_check_category(folder, workers, full) for folder in folders])
+    return CheckReport(root, [_check_category(f, workers, full, progress) for f in folders])

@@ -45,7 +45,7 @@ from defectmap.constants import MVTEC_CATEGORIES
 from defectmap.data.mvtec import is_category_dir
 from defectmap.errors import DatasetError, OfflineError
 from defectmap.files import make_temp_dir, replace_dir, sha256_file
-from defectmap.progress import track
+from defectmap.progress import ProgressCallback, track
 
 __all__ = ["MVTEC_ARCHIVES", "Archive", "download_mvtec", "load_manifest"]
 
@@ -154,7 +154,9 @@ class _Interrupted(Exception):
     """The connection broke in the middle of a transfer (resumable)."""
 
 
-def _transfer(archive: Archive, part: Path, timeout: float) -> None:
+def _transfer(
+    archive: Archive, part: Path, timeout: float, progress: ProgressCallback | None
+) -> None:
     """Download (or resume) ``archive`` into ``part`` once; raise _Interrupted on a cut."""
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(archive.url, headers={"User-Agent": "defectmap"})
@@ -181,7 +183,8 @@ def _transfer(archive: Archive, part: Path, timeout: float) -> None:
         received = 0
         with open(part, "ab" if append else "wb") as fh:
             try:
-                for block in track(_chunks(response), f"downloading {archive.filename}", total):
+                for block in track(_chunks(response), f"downloading {archive.filename}",
+                                   progress, total):
                     fh.write(block)
                     received += len(block)
             except (http.client.HTTPException, ConnectionError, TimeoutError) as exc:
@@ -190,7 +193,10 @@ def _transfer(archive: Archive, part: Path, timeout: float) -> None:
             raise _Interrupted(f"received {received} of {expected} bytes")
 
 
-def _fetch(archive: Archive, downloads: Path, timeout: float, retries: int) -> Path:
+def _fetch(
+    archive: Archive, downloads: Path, timeout: float, retries: int,
+    progress: ProgressCallback | None,
+) -> Path:
     """Return the verified archive file in ``downloads``, downloading or resuming it."""
     if archive.sha256 is None:
         raise DatasetError(
@@ -203,7 +209,7 @@ def _fetch(archive: Archive, downloads: Path, timeout: float, retries: int) -> P
     part = downloads / f"{archive.filename}.part"
     for attempt in range(retries + 1):
         try:
-            _transfer(archive, part, timeout)
+            _transfer(archive, part, timeout, progress)
             break
         except _Interrupted as exc:
             if attempt == retries:
@@ -256,6 +262,7 @@ def download_mvtec(
     timeout: float = 30.0,
     retries: int = 3,
     keep_archives: bool = False,
+    progress: ProgressCallback | None = None,
 ) -> list[Path]:
     """Download and extract MVTec AD categories into ``root``.
 
@@ -268,6 +275,7 @@ def download_mvtec(
     timeout : seconds to wait for the server on connect and on each read.
     retries : automatic resumes after a transfer is cut in the middle.
     keep_archives : keep the verified archives in ``root/.downloads`` after extraction.
+    progress : reports ``(task, MiB done, MiB total)`` (see :mod:`defectmap.progress`).
 
     Returns
     -------
@@ -315,7 +323,7 @@ def download_mvtec(
             if base_url:
                 archive = replace(archive, url=f"{base_url.rstrip('/')}/{archive.filename}")
             downloads.mkdir(exist_ok=True)
-            archive_file = _fetch(archive, downloads, timeout, retries)
+            archive_file = _fetch(archive, downloads, timeout, retries, progress)
             _extract(archive_file, names, root)
             if not keep_archives:
                 archive_file.unlink(missing_ok=True)

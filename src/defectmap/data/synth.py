@@ -44,7 +44,7 @@ from scipy import ndimage
 
 from defectmap.errors import DatasetError
 from defectmap.files import atomic_output_dir
-from defectmap.progress import track
+from defectmap.progress import ProgressCallback, track
 
 __all__ = [
     "DEFECT_TYPES",
@@ -387,6 +387,7 @@ def make_synthetic_dataset(
     grayscale: bool = False,
     seed: int = 0,
     overwrite: bool = False,
+    progress: ProgressCallback | None = None,
 ) -> Path:
     """Write a synthetic dataset in the MVTec AD layout and return its category folder.
 
@@ -402,6 +403,7 @@ def make_synthetic_dataset(
     grayscale : write 8-bit gray PNGs instead of RGB.
     seed : the same seed gives byte-identical files.
     overwrite : replace an existing ``out / category``; otherwise that is an error.
+    progress : reports ``(task, done, total)`` (see :mod:`defectmap.progress`).
 
     Returns
     -------
@@ -434,7 +436,7 @@ def make_synthetic_dataset(
 
     with atomic_output_dir(target, marker=None) as tmp:  # replaced only when complete
         for n, (split, folder, index, defect) in enumerate(
-            track(jobs, f"synthesising {category}", total=len(jobs))
+            track(jobs, f"synthesising {category}", progress)
         ):
             position = n if split == "train" else n - n_train
             _, image, mask = render_pair(kind, size, grayscale, seed,

@@ -12,8 +12,11 @@ from typing import Any
 from defectmap.constants import DEFAULT_ALPHA, DEFAULT_FPR_LIMIT
 from defectmap.errors import DatasetError, DefectmapError
 from defectmap.evaluate.protocol import evaluate_model
+from defectmap.progress import ProgressCallback
 
 __all__ = ["run_benchmark"]
+
+_TASK = "benchmark (category, detector) pairs"
 
 
 def run_benchmark(
@@ -27,6 +30,7 @@ def run_benchmark(
     alpha: float = DEFAULT_ALPHA,
     on_result: Callable[[dict[str, Any]], None] | None = None,
     on_missing: Callable[[str, str], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Fit and evaluate every (category, detector) pair; write the table files.
 
@@ -49,6 +53,9 @@ def run_benchmark(
     on_result, on_missing : callable or None
         Called after each pair with its metrics, and for each skipped category with
         (category, reason): lets the CLI print as it goes.
+    progress : ProgressCallback or None
+        Reports ``("benchmark", pairs done, pairs)`` and, nested in it, every fit and
+        evaluation (see :mod:`defectmap.progress`).
 
     Returns
     -------
@@ -71,6 +78,9 @@ def run_benchmark(
 
     rows: list[dict[str, Any]] = []
     missing: list[dict[str, str]] = []
+    n_pairs, done = len(categories) * len(detectors), 0
+    if progress is not None:
+        progress(_TASK, 0, n_pairs)
     for category in categories:
         try:
             data = load_category(root, category)
@@ -79,17 +89,24 @@ def run_benchmark(
             missing.append({"category": category, "reason": reason})
             if on_missing is not None:
                 on_missing(category, reason)
+            done += len(detectors)
+            if progress is not None:
+                progress(_TASK, done, n_pairs)
             continue
         for detector in detectors:
             pair = out / category / detector
             model = train_model(data, pair / "model", detector=detector,
                                 detector_params=dict(detector_params or {}),
-                                random_state=random_state, alpha=alpha)
-            metrics = evaluate_model(model, data, pair / "eval", fpr_limit=fpr_limit)
+                                random_state=random_state, alpha=alpha, progress=progress)
+            metrics = evaluate_model(model, data, pair / "eval", fpr_limit=fpr_limit,
+                                     progress=progress)
             metrics["report"] = str(pair / "eval" / "report.html")
             rows.append(metrics)
             if on_result is not None:
                 on_result(metrics)
+            done += 1
+            if progress is not None:
+                progress(_TASK, done, n_pairs)
     result = {"rows": rows, "missing": missing, "detectors": list(detectors)}
     write_tables(result, out)
     return result

@@ -19,7 +19,7 @@ from defectmap.data.io import IMAGE_EXTENSIONS
 from defectmap.errors import DefectmapError
 from defectmap.evaluate.maps import write_map
 from defectmap.files import atomic_output_dir, write_bytes, write_json, write_text
-from defectmap.progress import track
+from defectmap.progress import ProgressCallback
 
 if TYPE_CHECKING:
     from defectmap.pipeline import InspectionModel
@@ -28,6 +28,8 @@ __all__ = ["IMAGE_SUFFIXES", "RESULT_COLUMNS", "collect_images", "predict_to_dir
 
 #: File name endings taken from folders given to :func:`predict_to_dir`.
 IMAGE_SUFFIXES = tuple(sorted(IMAGE_EXTENSIONS))
+
+_TASK = "inspecting images"
 
 #: Columns of ``results.csv``.
 RESULT_COLUMNS = ("image", "score", "normalized_score", "decision", "p_value", "n_regions",
@@ -87,6 +89,7 @@ def predict_to_dir(
     batch_size: int = 1,
     write_maps: bool = True,
     write_overlays: bool = True,
+    progress: ProgressCallback | None = None,
 ) -> list[dict[str, Any]]:
     """Inspect image files and write the results into ``out_dir`` (replaced atomically).
 
@@ -107,6 +110,8 @@ def predict_to_dir(
         Images per forward pass.
     write_maps, write_overlays : bool
         Whether to write the TIFF maps and the overlay PNGs.
+    progress : ProgressCallback or None
+        Reports ``("inspecting images", done, total)`` (see :mod:`defectmap.progress`).
 
     Returns
     -------
@@ -124,8 +129,9 @@ def predict_to_dir(
         normalize_map = calibration.normalize_map
     rows: list[dict[str, Any]] = []
     with atomic_output_dir(out_dir, marker="results.json") as tmp:
-        jobs = _chunks(list(zip(paths, names, strict=True)), batch_size)
-        for chunk in track(jobs, "inspecting images", len(jobs)):
+        if progress is not None:
+            progress(_TASK, 0, len(paths))
+        for chunk in _chunks(list(zip(paths, names, strict=True)), batch_size):
             inspections = model.inspect([p for p, _ in chunk], batch_size=batch_size)
             for (path, name), result in zip(chunk, inspections, strict=True):
                 amap = np.asarray(result.anomaly_map, dtype=np.float32)
@@ -148,6 +154,8 @@ def predict_to_dir(
                     (tmp / "overlays").mkdir(exist_ok=True)
                     write_bytes(tmp / "overlays" / f"{name}.png", encode_png(picture))
                 rows.append(row)
+            if progress is not None:
+                progress(_TASK, len(rows), len(paths))
         write_json(tmp / "results.json", {
             "model_hash": model.model_hash,
             "detector": model.describe().get("detector"),

@@ -24,7 +24,7 @@ from defectmap.data.records import CategoryData
 from defectmap.errors import DatasetError
 from defectmap.evaluate.maps import write_map
 from defectmap.files import atomic_output_dir, to_jsonable, write_json
-from defectmap.progress import track
+from defectmap.progress import ProgressCallback, track
 
 if TYPE_CHECKING:
     from defectmap.pipeline import InspectionModel
@@ -36,14 +36,17 @@ _MARKER = "metrics.json"
 
 
 # --------------------------------------------------------------------------- evaluation
-def _ground_truth(data: CategoryData, maps: Sequence[np.ndarray]) -> list[np.ndarray] | None:
+def _ground_truth(
+    data: CategoryData, maps: Sequence[np.ndarray], progress: ProgressCallback | None
+) -> list[np.ndarray] | None:
     """Masks (H,W) bool per test image, all-False for good images; None without masks."""
     from defectmap.data.mvtec import read_sample_mask
 
     if not data.has_masks or any(s.label == 1 and s.mask_path is None for s in data.test):
         return None
     pairs = list(zip(data.test, maps, strict=True))
-    return [read_sample_mask(sample, amap.shape) for sample, amap in track(pairs, "reading masks")]
+    return [read_sample_mask(sample, amap.shape)
+            for sample, amap in track(pairs, "reading masks", progress)]
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -77,6 +80,7 @@ def evaluate_model(
     report: bool = True,
     max_gallery: int = 12,
     fit_s: float | None = None,
+    progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Score the test split of ``category_data`` and write metrics, maps and report.
 
@@ -101,6 +105,8 @@ def evaluate_model(
     fit_s : float or None
         Training time in seconds, recorded in ``timing`` (default: ``fit_seconds`` of the
         model's training summary, when it has one).
+    progress : ProgressCallback or None
+        Reports ``(task, done, total)`` of the scoring, reading and writing steps.
 
     Returns
     -------
@@ -129,12 +135,12 @@ def evaluate_model(
 
     with atomic_output_dir(out_dir, marker=_MARKER) as tmp:
         start = time.perf_counter()
-        prediction = model.detector.predict(paths, batch_size=batch_size)
+        prediction = model.detector.predict(paths, batch_size=batch_size, progress=progress)
         predict_s = time.perf_counter() - start
         scores = np.asarray(prediction.scores, dtype=np.float64)
         maps = [np.asarray(m, dtype=np.float32) for m in prediction.maps]
 
-        masks = _ground_truth(category_data, maps)
+        masks = _ground_truth(category_data, maps, progress)
         # The PRO curve of the report comes from the same (single) sort of the pixels.
         metrics, pro = category_metrics_and_pro_curve(
             scores, labels, defect_types, maps if masks is not None else None, masks,
@@ -178,7 +184,8 @@ def evaluate_model(
         write_json(tmp / "metrics.json", result)
 
         if write_maps:
-            for sample, amap in track(list(zip(test, maps, strict=True)), "writing maps"):
+            for sample, amap in track(list(zip(test, maps, strict=True)), "writing maps",
+                                      progress):
                 write_map(tmp / "maps" / category_data.name / "test" / sample.defect_type
                           / f"{sample.stem}.tiff", amap)
 
