@@ -1,7 +1,9 @@
-"""HTTP inspection service: service logic, routes, bind policy, web page and audit log.
+"""HTTP inspection service: logic, routes, answer schemas, bind policy, page and audit log.
 
 * :mod:`~defectmap.serve.service`: :class:`InspectionService`, the logic without HTTP.
-* :mod:`~defectmap.serve.routes`: :func:`create_app`, the FastAPI routes around it.
+* :mod:`~defectmap.serve.routes`: :func:`create_app`, the FastAPI routes around it, the
+  bearer token (FastAPI's ``HTTPBearer``) and the body-size limit.
+* :mod:`~defectmap.serve.schemas`: pydantic models of every answer (a typed OpenAPI schema).
 * :mod:`~defectmap.serve.policy`: who may connect (loopback, token).
 * :mod:`~defectmap.serve.audit`: the SQLite audit log.
 

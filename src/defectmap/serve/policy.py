@@ -11,7 +11,7 @@ import ipaddress
 
 from defectmap.errors import DefectmapError
 
-__all__ = ["check_exposure", "is_loopback"]
+__all__ = ["check_exposure", "check_token", "is_loopback"]
 
 
 def is_loopback(host: str) -> bool:
@@ -30,14 +30,27 @@ def is_loopback(host: str) -> bool:
         return False  # a host name other than localhost may resolve anywhere
 
 
+def check_token(token: str | None) -> None:
+    """Refuse a token that is empty or only white space (it would guard nothing).
+
+    Raises
+    ------
+    DefectmapError
+        ``token`` is set but blank.
+    """
+    if token is not None and not token.strip():
+        raise DefectmapError("--token is empty or only white space; give a real token")
+
+
 def check_exposure(host: str, token: str | None) -> None:
     """Refuse to serve ``host`` without a token unless it is a loopback address.
 
     Raises
     ------
     DefectmapError
-        ``host`` is not loopback and ``token`` is None or empty.
+        ``token`` is blank, or ``host`` is not loopback and there is no token.
     """
+    check_token(token)
     if not is_loopback(host) and not token:
         # Kept short: rich wraps the error line at 80 columns when stderr is not a terminal.
         raise DefectmapError(

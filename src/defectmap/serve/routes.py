@@ -1,5 +1,10 @@
 """The HTTP layer of the inspection service: :func:`create_app` builds the FastAPI app.
 
+Routes only translate: the logic is :class:`~defectmap.serve.service.InspectionService`, the
+answers are the pydantic models of :mod:`defectmap.serve.schemas` (so ``/openapi.json`` and
+``/docs`` are typed), the token is checked by FastAPI's ``HTTPBearer`` and the upload size by
+a small ASGI middleware that answers before the body is parsed.
+
 Endpoints (all ``/v1`` calls need ``Authorization: Bearer TOKEN`` when a token is set):
 
 * ``POST /v1/inspect`` — multipart form, file field ``image``. Returns the decision as JSON
@@ -28,14 +33,15 @@ from __future__ import annotations
 import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi.params import Depends as DependsParam
 from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -43,10 +49,19 @@ from defectmap import __version__
 from defectmap.constants import MAX_IMAGE_PIXELS
 from defectmap.data.io import MAX_UPLOAD_BYTES
 from defectmap.errors import DefectmapError
-from defectmap.serve.audit import AuditLogError, AuditRecord
+from defectmap.serve.audit import AuditLogError
+from defectmap.serve.policy import check_token
+from defectmap.serve.schemas import (
+    ErrorOut,
+    Health,
+    InspectionList,
+    InspectionOut,
+    Limits,
+    ModelInfo,
+)
 from defectmap.serve.service import ApiError, InspectionService
 
-__all__ = ["create_app", "record_json"]
+__all__ = ["create_app"]
 
 _STATIC_DIR = Path(__file__).parent / "static"
 #: Room for multipart boundaries and part headers on top of the file's own bytes.
@@ -57,43 +72,36 @@ ASGIApp = Callable[
     Awaitable[None],
 ]
 
-
-def record_json(record: AuditRecord) -> dict[str, Any]:
-    """The JSON shape of one inspection (same for the POST answer and the GET)."""
-    body = asdict(record)
-    base = f"/v1/inspections/{record.id}"
-    body["model"] = {"name": body.pop("model_name"), "hash": body.pop("model_hash")}
-    body["stored"] = {
-        "image": body.pop("image_path"),
-        "heatmap": body.pop("heatmap_path"),
-        "overlay": body.pop("overlay_path"),
-    }
-    body["links"] = {
-        "self": base,
-        "heatmap": f"{base}/heatmap.png",
-        "overlay": f"{base}/overlay.png",
-    }
-    return body
+#: Error answers documented in the OpenAPI schema of every /v1 route.
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorOut, "description": text}
+    for status, text in ((400, "Bad input"), (401, "Missing or wrong bearer token"),
+                         (404, "Unknown id"), (422, "Invalid request"))
+}
+_PNG: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/png": {}}, "description": "PNG picture"},
+    410: {"model": ErrorOut, "description": "Picture no longer held"},
+}
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": code, "detail": message}, status_code=status)
 
 
-# -- the guard middleware: token and byte limit before the body is parsed ---------------------
+# -- the body-size limit, before the body is parsed ------------------------------------------
 
 
-class _Guard:
-    """Pure ASGI middleware: bearer token on ``/v1`` and the upload byte limit.
+class _BodyLimit:
+    """Pure ASGI middleware: refuse ``/v1`` POST bodies over ``max_body`` bytes with 413.
 
-    Both checks answer before FastAPI parses the multipart body. A refused request's body is
-    still read (and discarded, up to ``drain_limit`` bytes) so that the client receives the
-    JSON answer instead of a broken pipe.
+    It answers before FastAPI parses the multipart body: by ``Content-Length`` when there is
+    one, else while buffering a chunked body. A refused request's body is still read (and
+    discarded, up to ``drain_limit`` bytes) so that the client receives the JSON answer
+    instead of a broken pipe.
     """
 
-    def __init__(self, app: ASGIApp, token: str | None, max_body: int) -> None:
+    def __init__(self, app: ASGIApp, max_body: int) -> None:
         self.app = app
-        self.token = token
         self.max_body = max_body
         self.drain_limit = max(max_body * 4, 256 * 1024 * 1024)
 
@@ -103,23 +111,15 @@ class _Guard:
         receive: Callable[[], Awaitable[Any]],
         send: Callable[[Any], Awaitable[None]],
     ) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+        if (scope["type"] != "http" or not scope["path"].startswith("/v1/")
+                or scope["method"] != "POST"):
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if self.token is not None and not _token_ok(headers.get("authorization"), self.token):
-            await self._refuse(
-                scope, receive, send, 401, "unauthorized",
-                "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
-            )
-            return
-        if scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
             await self._refuse(
-                scope, receive, send, 413, "upload_too_large",
+                scope, receive, send,
                 f"request body has {int(length)} bytes, more than the upload limit of "
                 f"{self.max_body - _MULTIPART_OVERHEAD} bytes",
             )
@@ -138,7 +138,7 @@ class _Guard:
             size += len(chunks[-1])
             if size > self.max_body:
                 await self._refuse(
-                    scope, receive, send, 413, "upload_too_large",
+                    scope, receive, send,
                     f"request body is over the upload limit of "
                     f"{self.max_body - _MULTIPART_OVERHEAD} bytes",
                     more_body=message.get("more_body", False),
@@ -163,8 +163,6 @@ class _Guard:
         scope: MutableMapping[str, Any],
         receive: Callable[[], Awaitable[Any]],
         send: Callable[[Any], Awaitable[None]],
-        status: int,
-        code: str,
         message: str,
         more_body: bool = True,
     ) -> None:
@@ -175,16 +173,30 @@ class _Guard:
                 break
             drained += len(incoming.get("body", b""))
             more_body = incoming.get("more_body", False)
-        await _error(status, code, message)(scope, receive, send)  # type: ignore[arg-type]
+        response = _error(413, "upload_too_large", message)
+        await response(scope, receive, send)  # type: ignore[arg-type]
 
 
-def _token_ok(header: str | None, token: str) -> bool:
-    if not header or not header.lower().startswith("bearer "):
-        return False
-    return hmac.compare_digest(header[7:].strip().encode(), token.encode())
+# -- the bearer token ---------------------------------------------------------------------------
 
 
-# -- the app -------------------------------------------------------------------------------
+def _token_dependency(token: str) -> DependsParam:
+    """A FastAPI dependency that answers 401 unless ``Authorization: Bearer <token>``."""
+    bearer = HTTPBearer(auto_error=False, description="The token given to `defectmap serve`.")
+    expected = token.encode()
+
+    def require_token(
+        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+    ) -> None:
+        given = b"" if credentials is None else credentials.credentials.strip().encode()
+        if not hmac.compare_digest(given, expected):
+            raise ApiError(401, "unauthorized",
+                           "missing or wrong bearer token: send 'Authorization: Bearer <token>'")
+
+    return Depends(require_token)
+
+
+# -- the app ------------------------------------------------------------------------------------
 
 
 def create_app(
@@ -223,12 +235,15 @@ def create_app(
     Raises
     ------
     DefectmapError
-        Missing or corrupt model directory, or an audit database that cannot be opened.
+        A blank token, a missing or corrupt model directory, or an audit database that
+        cannot be opened.
     """
+    check_token(token)
     service = InspectionService(
         model_dir, db_path, store_images=store_images, max_upload_bytes=max_upload_bytes,
         max_pixels=max_pixels, cache_size=cache_size,
     )
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
@@ -242,10 +257,102 @@ def create_app(
     )
     app.state.service = service
     app.add_middleware(
-        _Guard,  # type: ignore[arg-type]
-        token=token,
+        _BodyLimit,  # type: ignore[arg-type]
         max_body=service.max_upload_bytes + _MULTIPART_OVERHEAD,
     )
+    _add_error_handlers(app)
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(_STATIC_DIR / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=_STATIC_DIR), name="static")
+
+    @app.get("/healthz")
+    def healthz() -> Health:
+        """Liveness: the model is loaded and the audit database answers (no token needed)."""
+        return Health(status="ok", model=service.model_name, inspections=service.audit.count(),
+                      token_required=token is not None)
+
+    v1 = APIRouter(prefix="/v1", responses=_ERRORS,
+                   dependencies=[] if token is None else [_token_dependency(token)])
+
+    @v1.post("/inspect", responses={
+        413: {"model": ErrorOut, "description": "Upload or image too large"},
+        415: {"model": ErrorOut, "description": "Not an image"},
+        503: {"model": ErrorOut, "description": "Audit row cannot be written"},
+    })
+    async def inspect(
+        request: Request,
+        image: UploadFile | None = File(
+            None, description="The image file (PNG, JPEG, BMP or TIFF) in the field 'image'."
+        ),
+    ) -> InspectionOut:
+        """Inspect one image; the decision is in the audit log before this answers."""
+        if image is None:
+            form = await request.form()
+            fields = ", ".join(repr(name) for name in form) or "none"
+            raise ApiError(
+                422,
+                "missing_image_field",
+                "multipart form has no file field 'image' (fields received: "
+                f"{fields}); send the file as: curl -F image=@part.png .../v1/inspect",
+            )
+        data = await image.read(service.max_upload_bytes + 1)
+        filename = image.filename or "upload"
+        record = await run_in_threadpool(service.inspect_upload, data, filename)
+        return InspectionOut.from_record(record)
+
+    @v1.get("/inspections")
+    def list_inspections(
+        since: str | None = Query(None, description="ISO-8601 time; rows created after it."),
+        decision: str | None = Query(None, description="'ok' or 'defect'."),
+        limit: int = Query(50, description="At most this many rows (1 to 1000)."),
+    ) -> InspectionList:
+        """The audit trail, newest first."""
+        rows = service.audit.query(since=since, decision=decision, limit=limit)
+        return InspectionList(inspections=[InspectionOut.from_record(r) for r in rows],
+                              count=len(rows))
+
+    @v1.get("/inspections/{inspection_id}")
+    def get_inspection(inspection_id: str) -> InspectionOut:
+        """One audit row."""
+        return InspectionOut.from_record(service.get(inspection_id))
+
+    def _picture(inspection_id: str, kind: Literal["heatmap", "overlay"]) -> Response:
+        picture = service.picture(inspection_id, kind)
+        if isinstance(picture, Path):
+            return FileResponse(picture, media_type="image/png")
+        return Response(picture, media_type="image/png")
+
+    @v1.get("/inspections/{inspection_id}/heatmap.png", response_class=Response,
+            responses=_PNG)
+    def heatmap(inspection_id: str) -> Response:
+        """The anomaly map in colour (blue = normal, red = anomalous), as PNG."""
+        return _picture(inspection_id, "heatmap")
+
+    @v1.get("/inspections/{inspection_id}/overlay.png", response_class=Response,
+            responses=_PNG)
+    def overlay(inspection_id: str) -> Response:
+        """The heatmap blended over the input image, regions outlined, as PNG."""
+        return _picture(inspection_id, "overlay")
+
+    @v1.get("/model")
+    def model_info() -> ModelInfo:
+        """Detector, params, thresholds and training-data summary of the served model."""
+        return ModelInfo(
+            name=service.model_name, hash=service.model_hash, thresholds=service.thresholds,
+            limits=Limits(max_upload_bytes=service.max_upload_bytes,
+                          max_pixels=service.max_pixels),
+            description=service.description,
+        )
+
+    app.include_router(v1)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error becomes ``{"error": code, "detail": message}``."""
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -284,86 +391,3 @@ def create_app(
             else:
                 problems.append(f"{' '.join(loc)}: {item.get('msg', 'invalid')}")
         return _error(422, "invalid_request", "; ".join(problems) or "invalid request")
-
-    @app.get("/", include_in_schema=False)
-    def index() -> FileResponse:
-        return FileResponse(_STATIC_DIR / "index.html", media_type="text/html")
-
-    app.mount("/static", StaticFiles(directory=_STATIC_DIR), name="static")
-
-    @app.get("/healthz")
-    def healthz() -> dict[str, Any]:
-        """Liveness: the model is loaded and the audit database answers."""
-        return {
-            "status": "ok",
-            "model": service.model_name,
-            "inspections": service.audit.count(),
-            "token_required": token is not None,
-        }
-
-    @app.post("/v1/inspect")
-    async def inspect(
-        request: Request,
-        image: UploadFile | None = File(
-            None, description="The image file (PNG, JPEG, BMP or TIFF) in the field 'image'."
-        ),
-    ) -> JSONResponse:
-        """Inspect one image; the decision is in the audit log before this answers."""
-        if image is None:
-            form = await request.form()
-            fields = ", ".join(repr(name) for name in form) or "none"
-            raise ApiError(
-                422,
-                "missing_image_field",
-                "multipart form has no file field 'image' (fields received: "
-                f"{fields}); send the file as: curl -F image=@part.png .../v1/inspect",
-            )
-        data = await image.read(service.max_upload_bytes + 1)
-        filename = image.filename or "upload"
-        record = await run_in_threadpool(service.inspect_upload, data, filename)
-        return JSONResponse(record_json(record), status_code=200)
-
-    @app.get("/v1/inspections")
-    def list_inspections(
-        since: str | None = Query(None, description="ISO-8601 time; rows created after it."),
-        decision: str | None = Query(None, description="'ok' or 'defect'."),
-        limit: int = Query(50, description="At most this many rows (1 to 1000)."),
-    ) -> dict[str, Any]:
-        """The audit trail, newest first."""
-        rows = service.audit.query(since=since, decision=decision, limit=limit)
-        return {"inspections": [record_json(row) for row in rows], "count": len(rows)}
-
-    @app.get("/v1/inspections/{inspection_id}")
-    def get_inspection(inspection_id: str) -> dict[str, Any]:
-        """One audit row."""
-        return record_json(service.get(inspection_id))
-
-    def _picture(inspection_id: str, kind: str) -> Response:
-        picture = service.picture(inspection_id, kind)
-        if isinstance(picture, Path):
-            return FileResponse(picture, media_type="image/png")
-        return Response(picture, media_type="image/png")
-
-    @app.get("/v1/inspections/{inspection_id}/heatmap.png")
-    def heatmap(inspection_id: str) -> Response:
-        """The anomaly map in colour (blue = normal, red = anomalous), as PNG."""
-        return _picture(inspection_id, "heatmap")
-
-    @app.get("/v1/inspections/{inspection_id}/overlay.png")
-    def overlay(inspection_id: str) -> Response:
-        """The heatmap blended over the input image, regions outlined, as PNG."""
-        return _picture(inspection_id, "overlay")
-
-    @app.get("/v1/model")
-    def model_info() -> dict[str, Any]:
-        """Detector, params, thresholds and training-data summary of the served model."""
-        return {
-            "name": service.model_name,
-            "hash": service.model_hash,
-            "thresholds": service.thresholds,
-            "limits": {"max_upload_bytes": service.max_upload_bytes,
-                       "max_pixels": service.max_pixels},
-            "description": service.description,
-        }
-
-    return app
