@@ -56,6 +56,7 @@ def _train(workdir: Path, size: int, input_size: int) -> tuple[Path, list[Path]]
             model_dir,
             detector="patchcore",
             detector_params={"input_size": input_size, "coreset_ratio": 0.1},
+            val_ratio=0.25,
             min_val=8,
         )
     print(f"trained patchcore on synthetic {size}px data in {time.perf_counter() - started:.1f} s")

@@ -29,12 +29,18 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str
     return rc, captured.out, captured.err
 
 
+FIT_OUTPUT: dict[str, str] = {}
+
+
 @pytest.fixture(scope="module")
 def model_dir(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "model"
-    rc = run_app(["fit", str(synthetic_root), "--category", "synthetic", *SIZE,
-                  "--seed", "3", "--out", str(out)])
-    assert rc == 0
+    capture = subprocess.run(  # a real process: the fit's stdout is asserted on below
+        [str(Path(sys.executable).with_name("defectmap")), "fit", str(synthetic_root), "--category",
+         "synthetic", *SIZE, "--seed", "3", "--out", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert capture.returncode == 0, capture.stderr
+    FIT_OUTPUT.update(out=capture.stdout, err=capture.stderr)
     return out
 
 
@@ -46,8 +52,64 @@ def test_fit_writes_a_loadable_calibrated_model(model_dir: Path) -> None:
     model = load_model(model_dir)
     assert model.detector.name == DEFAULT_DETECTOR
     assert model.detector.get_params()["input_size"] == 96
-    assert model.info["random_state"] == 3 and model.info["n_val"] == 10
-    assert model.calibration is not None and model.calibration.n_val == 10
+    # cross-fitted by default: all 24 good images fit, 20 out-of-fold scores calibrate
+    assert model.info["random_state"] == 3 and model.info["n_fit"] == 24
+    assert model.calibration is not None and model.calibration.n_val == 20
+    out = " ".join(FIT_OUTPUT["out"].split())
+    assert "fitted on 24 good images" in out
+    assert "calibration: cross-fitted: 5 folds of 4 good training images, 20 out-of-fold " \
+           "scores; 4 fit every fold model without a score" in out
+    assert "decided by the largest calibration score" in out  # 20 < 99 for alpha 0.01
+    assert "20 out-of-fold scores (5 folds) are too few for alpha=0.01" in FIT_OUTPUT["err"]
+
+
+def test_fit_calibration_flags_and_recalibrate(synthetic_root: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    category = synthetic_root / "synthetic"
+    defects = sorted((category / "test" / "scratch").glob("*.png"))
+    val_dir = tmp_path / "val"
+    val_dir.mkdir()
+    for image in sorted((category / "test" / "good").glob("*.png")):
+        (val_dir / image.name).write_bytes(image.read_bytes())
+    out = tmp_path / "model"
+    rc, stdout, err = run(capsys, "fit", category, *SIZE, "--val-dir", val_dir,
+                          "--defects", category / "test" / "scratch", "--alpha", "0.2",
+                          "--pixel-fpr", "0.005", "--param", "coreset_ratio=0.2",
+                          "--out", out)
+    assert rc == 0, err
+    model = load_model(out)
+    cal = model.calibration
+    assert cal is not None and cal.method == "split" and cal.n_val == 8 and cal.alpha == 0.2
+    assert cal.pixel_fpr == 0.005 and model.detector.get_params()["coreset_ratio"] == 0.2
+    assert model.info["n_fit"] == 24 and model.info["n_defects"] == len(defects)
+    estimate = cal.miss_estimate
+    assert estimate is not None and f"known defects: {estimate}" in " ".join(stdout.split())
+    assert "split conformal: 8 images of a separate validation folder" in stdout
+
+    rc, stdout, err = run(capsys, "recalibrate", out, "--alpha", "0.12")
+    assert rc == 0, err
+    new = load_model(out).calibration
+    assert new is not None and new.alpha == 0.12 and new.val_scores == cal.val_scores
+    assert new.image_threshold == cal.val_scores[7]  # k = ceil(9 x 0.88) = 8 of 8
+    assert f"image threshold {new.image_threshold:.4g} at alpha 0.12" in stdout
+
+    for argv, message in [
+        (["recalibrate", out], "nothing to change"),
+        (["recalibrate", out, "--pixel-fpr", "0.003"], "pixel_fpr 0.003 was not stored"),
+        (["fit", category, "--param", "corset_ratio=0.2", "--out", tmp_path / "x"],
+         "has no parameter 'corset_ratio'; valid: backbone, coreset_ratio,"),
+        (["fit", category, "--param", "reweight=maybe", "--out", tmp_path / "x"],
+         "reweight must be true or false"),
+        (["fit", category, "--val-ratio", "0.2", "--folds", "3", "--out", tmp_path / "x"],
+         "excludes n_folds"),
+        (["fit", category, "--folds", "40", "--out", tmp_path / "x"],
+         "only 24 good training images for 40 folds"),
+        (["fit", category, "--val-dir", tmp_path / "none", "--out", tmp_path / "x"],
+         "validation folder not found"),
+    ]:
+        rc, _, err = run(capsys, *argv)
+        assert rc == 1 and message in " ".join(err.split()), (argv, err)
+        assert len(err.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
 
 
 def test_predict_scores_equal_inspect(model_dir: Path, synthetic_root: Path, tmp_path: Path,
@@ -67,6 +129,7 @@ def test_predict_scores_equal_inspect(model_dir: Path, synthetic_root: Path, tmp
     assert [float(r["normalized_score"]) for r in rows] == [e.normalized_score for e in expected]
     assert [r["decision"] for r in rows] == [e.decision for e in expected]
     assert [int(r["n_regions"]) for r in rows] == [len(e.regions) for e in expected]
+    assert [r["decision_rule"] for r in rows] == ["largest_score"] * len(paths)
     results = json.loads((out / "results.json").read_text())
     assert results["n_images"] == len(paths)
     assert results["model_hash"] == load_model(model_dir).model_hash

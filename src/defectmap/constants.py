@@ -12,6 +12,10 @@ MIN_INPUT_SIZE: Final = 32
 DEFAULT_ALPHA: Final = 0.01
 #: Target fraction of good validation pixels above the calibrated pixel threshold.
 DEFAULT_PIXEL_FPR: Final = 0.001
+#: Folds of cross-fitted calibration (the default calibration method).
+DEFAULT_FOLDS: Final = 5
+#: The alphas whose operating points ``evaluate`` and the report show.
+OPERATING_ALPHAS: Final = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1)
 
 TEXTURE_CATEGORIES: Final = ("carpet", "grid", "leather", "tile", "wood")
 OBJECT_CATEGORIES: Final = (

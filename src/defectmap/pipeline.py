@@ -1,15 +1,21 @@
 """The inspection model: a fitted detector plus its calibration, trained, saved and loaded as one.
 
-:func:`train_model` splits ``train/good`` into a fitting set and a validation set (or takes a
-separate validation folder), fits the detector on the first, calibrates thresholds and score
-normalisation on the second (see :mod:`defectmap.calibrate`) and writes one model directory::
+:func:`train_model` fits the detector on the good training images and calibrates
+thresholds and score normalisation on good images each scoring model did not see: by
+default the out-of-fold scores of cross-fitting (every good image fits the final model),
+or a validation split or folder (see :mod:`defectmap.calibrate`). It writes one model
+directory::
 
     out_dir/
       model.json            detector name, params, package version, non-array state
       weights.safetensors   the detector's learned arrays
-      calibration.json      thresholds, alpha, validation scores and statistics
-      training.json         category, dataset root, fit/validation counts and file stems,
-                            random_state, alpha, timestamps, package version
+      calibration.json      thresholds, alpha, calibration scores and statistics
+      training.json         category, dataset root, the calibration rule in words, fit and
+                            calibration counts and file stems, folds, random_state, alpha,
+                            timestamps, package version
+
+:func:`recalibrate` moves a saved model's operating point (alpha, pixel rate) in place
+without refitting.
 
 The test split is never read. The directory is built beside ``out_dir`` under a temporary
 name and renamed into place when complete, so an existing model is only replaced by a whole
@@ -33,12 +39,17 @@ import numpy as np
 from defectmap import __version__
 from defectmap.calibrate import (
     CALIBRATION_FILE,
+    PIXEL_FPR_GRID,
     Calibration,
+    CalibrationError,
+    PixelTail,
     Region,
+    cross_fit,
     fit_calibration,
     split_validation,
 )
-from defectmap.constants import DEFAULT_ALPHA, DEFAULT_DETECTOR, DEFAULT_PIXEL_FPR
+from defectmap.calibrate.conformal import check_fraction
+from defectmap.constants import DEFAULT_ALPHA, DEFAULT_DETECTOR, DEFAULT_FOLDS, DEFAULT_PIXEL_FPR
 from defectmap.data.records import CategoryData, Sample
 from defectmap.errors import DatasetError, ModelFileError
 from defectmap.files import atomic_output_dir, check_replaceable, sha256_tree, write_json
@@ -48,7 +59,8 @@ if TYPE_CHECKING:
     from defectmap.detectors import Detector
     from defectmap.features.preprocess import ImageInput
 
-__all__ = ["TRAINING_FILE", "Inspection", "InspectionModel", "load_model", "train_model"]
+__all__ = ["TRAINING_FILE", "Inspection", "InspectionModel", "load_model", "recalibrate",
+           "train_model"]
 
 TRAINING_FILE = "training.json"
 MODEL_FILE = "model.json"  # written by the detector (defectmap.detectors.base.MODEL_JSON)
@@ -64,12 +76,15 @@ class Inspection:
     normalized_score : in (0, 1), 0.5 at the image threshold; None without calibration.
     decision : ``"ok"`` or ``"defect"`` (score strictly above the threshold); None without
         calibration.
-    p_value : conformal p-value ``(1 + #{validation scores >= score}) / (n_val + 1)``; small
-        means unlike the good validation images. None without calibration.
+    p_value : conformal p-value ``(1 + #{calibration scores >= score}) / (n_val + 1)``; small
+        means unlike the good calibration images. None without calibration.
     regions : connected regions of the predicted defect mask, highest peak first (empty
         without a pixel threshold). They are computed whatever the decision.
     anomaly_map : raw anomaly map, float32 (H, W) at the image's native size.
     mask : predicted defect mask, bool (H, W); None without a pixel threshold.
+    decision_rule : which rule decided: ``"p_value"`` (defect exactly when
+        ``p_value <= alpha``) or ``"largest_score"`` (too few calibration scores for alpha:
+        defect when the score exceeds the largest of them); None without calibration.
     """
 
     score: float
@@ -79,6 +94,7 @@ class Inspection:
     regions: list[Region] = field(default_factory=list)
     anomaly_map: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     mask: np.ndarray | None = None
+    decision_rule: str | None = None
 
     @property
     def is_defect(self) -> bool | None:
@@ -92,6 +108,7 @@ class Inspection:
             "normalized_score": self.normalized_score,
             "decision": self.decision,
             "p_value": self.p_value,
+            "decision_rule": self.decision_rule,
             "regions": [r.to_dict() for r in self.regions],
             "map_shape": list(self.anomaly_map.shape),
         }
@@ -179,6 +196,7 @@ class InspectionModel:
                     regions=regions,
                     anomaly_map=anomaly_map,
                     mask=mask,
+                    decision_rule=cal.decision_rule,
                 )
             )
         return out
@@ -187,8 +205,10 @@ class InspectionModel:
         """JSON-ready description for humans and the service's ``/v1/model``.
 
         Keys: ``detector``, ``params``, ``model_hash``, ``package_version``, ``calibrated``,
-        ``thresholds`` (None without calibration), ``validation_scores`` (statistics) and
-        ``training`` (the training summary without the per-file stem lists).
+        ``thresholds`` (None without calibration; the operating point, the method, the
+        decision rule, the guarantee in words and the known-defect miss estimate),
+        ``validation_scores`` (statistics of the calibration scores) and ``training`` (the
+        training summary without the per-file stem lists).
         """
         cal = self.calibration
         thresholds = None
@@ -197,8 +217,11 @@ class InspectionModel:
             thresholds = {
                 key: getattr(cal, key)
                 for key in ("alpha", "image_threshold", "pixel_threshold", "pixel_fpr", "n_val",
-                            "guarantee_holds", "false_alarm_bound", "min_region_area", "warning")
+                            "guarantee_holds", "false_alarm_bound", "min_region_area", "warning",
+                            "method", "n_folds", "decision_rule", "guarantee")
             }
+            estimate = cal.miss_estimate
+            thresholds["known_defects"] = None if estimate is None else estimate.to_dict()
             validation = cal.val_score_stats
         training = {k: v for k, v in self.info.items() if not k.endswith("_stems")}
         return {
@@ -252,23 +275,78 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def _split_plan(
+    good: list[Sample], val_ratio: float | None, min_val: int, n_folds: int | None,
+    validation_images: Sequence[str | os.PathLike[str]] | None, random_state: int,
+) -> tuple[str, list[Sample], list[Sample] | list[Path], str]:
+    """The calibration rule: ``(method, fit samples, validation, one-line summary)``.
+
+    * ``validation_images`` given: split conformal on them; every good image fits.
+    * ``val_ratio`` given: split conformal on ``max(min_val, ceil(val_ratio * n))`` good
+      images held out at random; the others fit.
+    * neither: cross-fitting with ``n_folds`` (default 5) folds; every good image fits the
+      final model and all but ``n mod K`` get an out-of-fold score.
+    """
+    n = len(good)
+    if validation_images is not None:
+        if val_ratio is not None or n_folds is not None or min_val:
+            raise CalibrationError("a separate validation folder excludes val_ratio, min_val "
+                                   "and n_folds")
+        validation = [Path(p) for p in validation_images]
+        if not validation:
+            raise DatasetError("validation_images is empty")
+        return "split", good, validation, (
+            f"split conformal: {len(validation)} images of a separate validation folder; "
+            f"the detector is fitted on all {n} good training images")
+    if val_ratio is not None:
+        if n_folds is not None:
+            raise CalibrationError("val_ratio (a validation split) excludes n_folds "
+                                   "(cross-fitting)")
+        fit_samples, held = split_validation(good, val_ratio, min_val, random_state)
+        rule = (f"max({min_val}, ceil({val_ratio:g} x {n}))" if min_val
+                else f"ceil({val_ratio:g} x {n})")
+        return "split", fit_samples, held, (
+            f"split conformal: {len(held)} of {n} good training images held out for "
+            f"validation ({rule}); the detector is fitted on the other {len(fit_samples)}")
+    if min_val:
+        raise CalibrationError("min_val applies to a validation split: give val_ratio too")
+    k = DEFAULT_FOLDS if n_folds is None else int(n_folds)
+    size = n // k if k >= 1 else 0
+    left = n - size * k if k >= 1 else n
+    extra = f"; {left} fit every fold model without a score" if left else ""
+    return "cross_fit", good, [], (
+        f"cross-fitted: {k} folds of {size} good training images, {size * k} out-of-fold "
+        f"scores{extra}; the final detector is fitted on all {n}")
+
+
 def train_model(
     category_data: CategoryData,
     out_dir: str | os.PathLike[str],
     detector: str = DEFAULT_DETECTOR,
     detector_params: dict[str, Any] | None = None,
-    val_ratio: float = 0.1,
-    min_val: int = 10,
+    val_ratio: float | None = None,
+    min_val: int = 0,
     alpha: float = DEFAULT_ALPHA,
     random_state: int = 0,
     *,
+    n_folds: int | None = None,
     pixel_fpr: float = DEFAULT_PIXEL_FPR,
     min_region_area: int = 1,
     validation_images: Sequence[str | os.PathLike[str]] | None = None,
+    defect_images: Sequence[str | os.PathLike[str]] | None = None,
     batch_size: int = 1,
     progress: ProgressCallback | None = None,
 ) -> InspectionModel:
-    """Fit a detector on good training images, calibrate it on held-out good images, save both.
+    """Fit a detector on good training images, calibrate it on good images it did not see.
+
+    The calibration rule (:func:`_split_plan`; the one-line ``calibration_summary`` of
+    ``training.json`` states it):
+
+    * default: **cross-fitted** (:mod:`defectmap.calibrate.crossfit`): ``n_folds`` fold
+      models give every good image an out-of-fold score; the final detector is fitted on
+      all good images;
+    * ``val_ratio``: **split conformal** on a random held-out share of ``train/good``;
+    * ``validation_images``: split conformal on a separate folder of good images.
 
     Parameters
     ----------
@@ -277,16 +355,23 @@ def train_model(
     detector : registered detector name.
     detector_params : its constructor arguments. ``random_state`` seeds it too unless these
         set their own.
-    val_ratio, min_val : validation share of ``train/good`` (see
-        :func:`~defectmap.calibrate.split_validation`).
+    val_ratio : validation share of ``train/good`` in (0, 1); None (default) cross-fits.
+    min_val : with ``val_ratio``, hold out at least this many images (default 0: exactly
+        ``ceil(val_ratio * n)``).
     alpha : target false-alarm rate of the image threshold.
-    random_state : seed of the split (and of the detector, see above).
-    pixel_fpr : target pixel false-positive rate on good validation pixels.
+    random_state : seed of the folds or the split (and of the detector, see above).
+    n_folds : K of cross-fitting (default 5); only without ``val_ratio`` and
+        ``validation_images``.
+    pixel_fpr : target pixel false-positive rate on good calibration pixels.
     min_region_area : smallest region (pixels) kept in predicted masks.
-    validation_images : a separate folder's good images (paths) used for calibration instead
-        of a split; then every ``train/good`` image fits the detector.
-    batch_size : images per forward pass when scoring the validation images.
-    progress : reports ``(task, done, total)`` of the fit and of the validation scoring
+    validation_images : a separate folder's good images (paths) used for calibration; then
+        every ``train/good`` image fits the detector.
+    defect_images : known defective samples (paths), optional. They are only scored by the
+        final detector to report the miss rate at the threshold with a Clopper-Pearson
+        interval (:mod:`defectmap.calibrate.misses`); they never fit a model and never move
+        the threshold.
+    batch_size : images per forward pass when scoring calibration and defect images.
+    progress : reports ``(task, done, total)`` of the fits and the scoring
         (see :mod:`defectmap.progress`).
 
     Returns
@@ -297,7 +382,8 @@ def train_model(
     Raises
     ------
     DatasetError : no good training images.
-    CalibrationError : too few images for the split, or invalid alpha / pixel_fpr.
+    CalibrationError : conflicting or invalid rule (val_ratio with n_folds, too few images
+        for the split or the folds), or invalid alpha / pixel_fpr.
     DefectmapError : ``out_dir`` exists and is not a model directory.
     UnknownDetectorError, DefectmapError : unknown detector name or parameter (see
         :func:`~defectmap.detectors.build_detector`).
@@ -307,46 +393,76 @@ def train_model(
     started_at, t0 = _now(), time.perf_counter()
     out_dir = Path(out_dir)
     check_replaceable(out_dir, MODEL_FILE)  # fail before the (long) fit, not after
+    alpha = check_fraction("alpha", alpha)
+    pixel_fpr = check_fraction("pixel_fpr", pixel_fpr)
     good = [s for s in category_data.train if s.label == 0]
     if not good:
         raise DatasetError(f"{category_data.root}: no good training images to fit on")
-    validation: list[Sample] | list[Path]
-    if validation_images is None:
-        fit_samples, validation = split_validation(good, val_ratio, min_val, random_state)
-        source = "split of train/good"
-    else:
-        fit_samples, validation = good, [Path(p) for p in validation_images]
-        source = "separate validation images"
-        if not validation:
-            raise DatasetError("validation_images is empty")
+    method, fit_samples, validation, summary = _split_plan(
+        good, val_ratio, min_val, n_folds, validation_images, random_state)
+    defects = [Path(p) for p in defect_images or []]
 
     params = dict(detector_params or {})
     model = build_detector(detector, params)  # __init__ only stores: cheap
     if "random_state" not in params and "random_state" in model.get_params():
-        model = create_detector(detector, **params, random_state=random_state)
-    model.fit([s.path for s in fit_samples], progress=progress)
-    fit_seconds = time.perf_counter() - t0
-    val_paths = [s.path if isinstance(s, Sample) else s for s in validation]
-    prediction = model.predict(val_paths, batch_size=batch_size, progress=progress)
-    calibration = fit_calibration(prediction.scores, prediction.maps, alpha=alpha,
-                                  pixel_fpr=pixel_fpr, min_region_area=min_region_area)
+        params["random_state"] = random_state
+    maps_rate = max(PIXEL_FPR_GRID[-1], pixel_fpr)
+    calibration_info: dict[str, Any] = {"method": method}
+    if method == "cross_fit":
+        k = DEFAULT_FOLDS if n_folds is None else int(n_folds)
+        result = cross_fit(lambda: create_detector(detector, **params),
+                           [s.path for s in good], k, random_state, batch_size=batch_size,
+                           max_pixel_fpr=maps_rate, progress=progress)
+        model = result.detector
+        fit_seconds, calibrate_seconds = result.fit_seconds, result.calibrate_seconds
+        scores, pixels = result.scores, result.pixels
+        validation = [s for s, f in zip(good, result.folds, strict=True) if f >= 0]
+        calibration_info.update(n_folds=k, shared_features=result.shared_features,
+                                folds=[int(f) for f in result.folds])
+    else:
+        k = None
+        model = create_detector(detector, **params)
+        model.fit([s.path for s in fit_samples], progress=progress)
+        fit_seconds = time.perf_counter() - t0
+        val_paths = [s.path if isinstance(s, Sample) else s for s in validation]
+        prediction = model.predict(val_paths, batch_size=batch_size, progress=progress)
+        scores = prediction.scores
+        pixels = PixelTail(sum(int(m.size) for m in prediction.maps), maps_rate)
+        for i, anomaly_map in enumerate(prediction.maps):
+            pixels.add(anomaly_map, f"validation map {i}")
+        pixels.finish()
+        del prediction
+        calibrate_seconds = time.perf_counter() - t0 - fit_seconds
+    defect_scores = None
+    if defects:
+        defect_scores = model.predict(defects, batch_size=batch_size, progress=progress).scores
+    calibration = fit_calibration(scores, alpha=alpha, pixel_fpr=pixel_fpr,
+                                  min_region_area=min_region_area, method=method, n_folds=k,
+                                  pixels=pixels, defect_scores=defect_scores)
     info = {
         "format": "defectmap-training",
-        "format_version": 1,
+        "format_version": 2,
         "package_version": __version__,
         "category": category_data.name,
         "dataset_root": str(Path(category_data.root).resolve()),
         "layout": category_data.layout,
         "detector": detector,
         "detector_params": model.get_params(),
-        "validation_source": source,
+        "calibration_method": method,
+        "calibration_summary": summary,
+        "validation_source": {"cross_fit": "out-of-fold scores of train/good",
+                              "split": "split of train/good"}[method]
+        if validation_images is None else "separate validation images",
         "n_train_good": len(good),
         "n_fit": len(fit_samples),
         "n_val": len(validation),
+        "n_defects": len(defects),
         "fit_stems": _stems(fit_samples),
         "val_stems": _stems(validation),
+        "defect_stems": _stems(defects),
         "val_ratio": val_ratio,
         "min_val": min_val,
+        "n_folds": k,
         "random_state": random_state,
         "alpha": alpha,
         "pixel_fpr": pixel_fpr,
@@ -354,7 +470,8 @@ def train_model(
         "started_at": started_at,
         "finished_at": _now(),
         "fit_seconds": round(fit_seconds, 3),
-        "calibrate_seconds": round(time.perf_counter() - t0 - fit_seconds, 3),
+        "calibrate_seconds": round(calibrate_seconds, 3),
+        "calibration": calibration_info,
     }
 
     # Incl. Ctrl-C: no half-written directory is left behind, an old model stays whole.
@@ -363,3 +480,43 @@ def train_model(
         calibration.save(tmp_dir)
         write_json(tmp_dir / TRAINING_FILE, info)
     return InspectionModel(model, calibration, info, directory=out_dir)
+
+
+def recalibrate(
+    model_dir: str | os.PathLike[str],
+    alpha: float | None = None,
+    pixel_fpr: float | None = None,
+    min_region_area: int | None = None,
+) -> Calibration:
+    """Move a saved model's operating point without refitting; rewrite its calibration.json.
+
+    The calibration scores (out-of-fold or validation) are stored in ``calibration.json``,
+    so this reads no image and loads no detector: it takes milliseconds. ``pixel_fpr`` must
+    be one of the rates stored with the calibration
+    (:data:`~defectmap.calibrate.PIXEL_FPR_GRID` and the fitted one). The file is replaced
+    atomically; the model's hash changes with it.
+
+    Parameters
+    ----------
+    model_dir : a model directory written by :func:`train_model`.
+    alpha, pixel_fpr, min_region_area : the new values; None keeps the current one.
+
+    Returns
+    -------
+    Calibration
+        The new calibration, as written.
+
+    Raises
+    ------
+    ModelFileError : no or an invalid ``calibration.json``.
+    CalibrationError : invalid value, or a pixel rate that was not stored.
+
+    Warns
+    -----
+    CalibrationWarning : too few calibration scores for ``alpha``.
+    """
+    folder = Path(model_dir)
+    current = Calibration.load(folder)
+    new = current.at(alpha=alpha, pixel_fpr=pixel_fpr, min_region_area=min_region_area)
+    new.save(folder)
+    return new

@@ -32,8 +32,8 @@ IMAGE_SUFFIXES = tuple(sorted(IMAGE_EXTENSIONS))
 _TASK = "inspecting images"
 
 #: Columns of ``results.csv``.
-RESULT_COLUMNS = ("image", "score", "normalized_score", "decision", "p_value", "n_regions",
-                  "map", "overlay")
+RESULT_COLUMNS = ("image", "score", "normalized_score", "decision", "p_value", "decision_rule",
+                  "n_regions", "map", "overlay")
 
 
 def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
@@ -141,6 +141,7 @@ def predict_to_dir(
                     "normalized_score": _opt_float(result.normalized_score),
                     "decision": result.decision,
                     "p_value": _opt_float(result.p_value),
+                    "decision_rule": result.decision_rule,
                     "n_regions": len(result.regions),
                     "map": f"maps/{name}.tiff" if write_maps else None,
                     "overlay": f"overlays/{name}.png" if write_overlays else None,
