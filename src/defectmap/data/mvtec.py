@@ -32,7 +32,6 @@ allowed. Anything else is reported as an unexpected file by ``defectmap data che
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +43,7 @@ from defectmap.constants import (
     TEXTURE_CATEGORIES,
 )
 from defectmap.data.io import IMAGE_EXTENSIONS, read_mask
-from defectmap.data.records import GOOD, CategoryData, Sample
+from defectmap.data.records import GOOD, CategoryData, Problem, Sample
 from defectmap.errors import DatasetError
 
 __all__ = [
@@ -65,26 +64,6 @@ _MASK_SUFFIX = "_mask"
 _ALLOWED_TOP_LEVEL_SUFFIXES = (".txt", ".md")
 #: Problem kinds that make :func:`load_category` fail (the others only concern ``check``).
 _FATAL_KINDS = ("layout", "mask_missing", "mask_orphan")
-
-
-@dataclass(frozen=True)
-class Problem:
-    """Something wrong with a dataset, found while scanning or checking it.
-
-    Attributes
-    ----------
-    kind : short machine name, e.g. ``"mask_missing"``, ``"unreadable_image"``.
-    path : the file or folder concerned.
-    message : one human-readable sentence.
-    """
-
-    kind: str
-    path: Path
-    message: str
-
-    def to_dict(self) -> dict[str, str]:
-        """JSON-ready form."""
-        return {"kind": self.kind, "path": str(self.path), "message": self.message}
 
 
 def category_kind(name: str) -> str | None:
@@ -326,15 +305,19 @@ def read_sample_mask(sample: Sample, shape: tuple[int, int]) -> np.ndarray:
     """The ground-truth mask (H, W) bool of a test sample, checked against ``shape``.
 
     Good images and defective images without a mask file get an all-False mask of ``shape``
-    (the anomaly map's or image's (H, W)); a mask of another size is a :class:`DatasetError`
-    naming the mask and its image.
+    (the anomaly map's or image's (H, W)); an image with several masks (MVTec LOCO AD) gets
+    their union. A mask of another size is a :class:`DatasetError` naming the mask and its
+    image.
     """
-    if sample.label == 0 or sample.mask_path is None:
-        return np.zeros(shape, dtype=bool)
-    mask = read_mask(sample.mask_path)
-    if mask.shape != tuple(shape):
-        raise DatasetError(
-            f"{sample.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but "
-            f"{sample.path} needs {shape[1]}x{shape[0]}"
-        )
-    return mask
+    union = np.zeros(shape, dtype=bool)
+    if sample.label != 1:
+        return union
+    for path in sample.masks:
+        mask = read_mask(path)
+        if mask.shape != tuple(shape):
+            raise DatasetError(
+                f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but "
+                f"{sample.path} needs {shape[1]}x{shape[0]}"
+            )
+        union |= mask
+    return union
