@@ -22,7 +22,6 @@ from defectmap.metrics import (
 from defectmap.metrics import spro as S
 
 
-
 # --------------------------------------------------------------------------- references
 def brute_trapezoid(x, y, limit):
     """Trapezoid up to ``limit`` with y interpolated there, point by point."""

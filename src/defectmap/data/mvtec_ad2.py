@@ -91,7 +91,7 @@ def _public_test(folder: Path, name: str, problems: list[Problem]) -> list[Sampl
             masks[mask.stem[: -len(_MASK_SUFFIX)]] = mask
     if (public / BAD).is_dir():
         for image in _images_in(public / BAD, problems):
-            mask = masks.pop(image.stem, None)
+            mask: Path | None = masks.pop(image.stem, None)
             if mask is None:
                 problems.append(Problem("mask_missing", gt / f"{image.stem}{_MASK_SUFFIX}.png",
                                         f"no mask for defective image {image}"))

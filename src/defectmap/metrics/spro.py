@@ -415,8 +415,8 @@ def official_image_auroc(good_scores: Sequence[float], anomalous_scores: Sequenc
     n_ok, n_nok = len(good_scores), len(anomalous_scores)
     if n_ok == 0 or n_nok == 0:
         raise MetricInputError("the image AUROC needs good and anomalous images")
-    scored = sorted([(float(s), 0) for s in good_scores] + [(float(s), 1) for s in anomalous_scores],
-                    key=lambda pair: pair[0])
+    pairs = [(float(s), 0) for s in good_scores] + [(float(s), 1) for s in anomalous_scores]
+    scored = sorted(pairs, key=lambda pair: pair[0])
     fprs, tprs = [1.0], [1.0]
     fp, tp = n_ok, n_nok
     previous = None
@@ -472,7 +472,8 @@ def loco_metrics(
     dict
         ``mode``; ``integration_limits``; ``auc_spro``: type -> {limit key -> value} plus
         ``mean`` (the average over the types); ``auc_roc``: type -> value plus ``mean``;
-        ``n_thresholds`` (official mode: the refined thresholds; exact: distinct scores);
+        ``n_thresholds`` (official mode: the number of refined thresholds; exact: None, every
+        distinct score is one);
         ``method``: one line per metric saying how it was computed. Limit keys are written as
         Python floats (``"0.01"``, ``"1.0"``), the official JSON's keys.
     """
@@ -486,11 +487,13 @@ def loco_metrics(
 
     auc_spro: dict[str, dict[str, float]] = {}
     auc_roc: dict[str, float] = {}
+    n_thresholds: int | None
     if mode == "exact":
-        n_thresholds = int(np.unique(np.concatenate([m.ravel() for m in data.maps])).size)
+        n_thresholds = None  # every distinct score
         for kind in kinds:
             fpr, spro = _exact_curve(data, kind)
-            auc_spro[kind] = {_limit_key(lim): trapezoid_to_limit(fpr, spro, lim) for lim in checked}
+            auc_spro[kind] = {_limit_key(lim): trapezoid_to_limit(fpr, spro, lim)
+                              for lim in checked}
             labels = [int(t == kind) for t in data.types if t in (GOOD, kind)]
             chosen = [s for s, t in zip(scores, data.types, strict=True) if t in (GOOD, kind)]
             auc_roc[kind] = image_auroc(chosen, labels)
