@@ -83,15 +83,15 @@ def _public_test(folder: Path, name: str, problems: list[Problem]) -> list[Sampl
         problems.append(Problem("layout", public / GOOD, "missing folder test_public/good/"))
     masks: dict[str, Path] = {}
     if gt.is_dir():
-        for mask in _images_in(gt, problems):
-            if not mask.stem.endswith(_MASK_SUFFIX):
-                problems.append(Problem("unexpected_file", mask,
+        for file in _images_in(gt, problems):
+            if not file.stem.endswith(_MASK_SUFFIX):
+                problems.append(Problem("unexpected_file", file,
                                         f"mask file name must be <image stem>{_MASK_SUFFIX}.png"))
                 continue
-            masks[mask.stem[: -len(_MASK_SUFFIX)]] = mask
+            masks[file.stem[: -len(_MASK_SUFFIX)]] = file
     if (public / BAD).is_dir():
         for image in _images_in(public / BAD, problems):
-            mask: Path | None = masks.pop(image.stem, None)
+            mask = masks.pop(image.stem, None)
             if mask is None:
                 problems.append(Problem("mask_missing", gt / f"{image.stem}{_MASK_SUFFIX}.png",
                                         f"no mask for defective image {image}"))
