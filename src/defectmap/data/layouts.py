@@ -109,8 +109,16 @@ def scan_any(
     return mvtec.scan_category(folder)
 
 
-def load_category(root: str | Path, category: str | None = None) -> CategoryData:
+def load_category(
+    root: str | Path, category: str | None = None, require_train: bool = True
+) -> CategoryData:
     """Load one category's samples, in any layout of :data:`LAYOUTS`.
+
+    Parameters
+    ----------
+    root, category : as in :func:`scan_any`.
+    require_train : fail when there is no training image (False to score maps of a dataset
+        that ships only its test split).
 
     Raises
     ------
@@ -125,7 +133,7 @@ def load_category(root: str | Path, category: str | None = None) -> CategoryData
         shown = "; ".join(f"{p.path}: {p.message}" for p in fatal[:5])
         more = f" (and {len(fatal) - 5} more)" if len(fatal) > 5 else ""
         raise DatasetError(f"{data.root}: invalid {data.layout} dataset: {shown}{more}")
-    if not data.train:
+    if require_train and not data.train:
         raise DatasetError(f"{data.root}: no training images found")
     return data
 

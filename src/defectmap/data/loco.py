@@ -169,7 +169,7 @@ def scan_loco(folder: str | Path) -> tuple[CategoryData, list[Problem]]:
     def good_images(split: str) -> list[Sample]:
         good = folder / split / GOOD
         if not good.is_dir():
-            problems.append(Problem("layout", good, f"missing folder {split}/good/"))
+            problems.append(Problem("missing_split", good, f"missing folder {split}/good/"))
             return []
         for sub in _subfolders(folder / split, (), problems):
             if sub.name != GOOD:

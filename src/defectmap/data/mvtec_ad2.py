@@ -59,7 +59,7 @@ def is_mvtec_ad2_category(folder: str | Path) -> bool:
 def _good(folder: Path, split: str, name: str, problems: list[Problem]) -> list[Sample]:
     good = folder / split / GOOD
     if not good.is_dir():
-        problems.append(Problem("layout", good, f"missing folder {split}/good/"))
+        problems.append(Problem("missing_split", good, f"missing folder {split}/good/"))
         return []
     for sub in _subfolders(folder / split, (), problems):
         if sub.name != GOOD:
