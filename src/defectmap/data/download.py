@@ -45,13 +45,11 @@ Amazon.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
 import shutil
 import tarfile
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -67,10 +65,11 @@ from defectmap.constants import (
 )
 from defectmap.data.mvtec import is_category_dir
 from defectmap.errors import DatasetError, OfflineError
-from defectmap.progress import track
+from defectmap.files import make_temp_dir, replace_dir, sha256_file
+from defectmap.progress import ProgressCallback, track
 
 __all__ = ["DATASETS", "LOCO_ARCHIVES", "MVTEC_AD2_ARCHIVES", "MVTEC_ARCHIVES", "VISA_ARCHIVES",
-           "Archive", "download_dataset", "download_mvtec", "load_manifest", "sha256_file"]
+           "Archive", "download_dataset", "download_mvtec", "load_manifest"]
 
 _CHUNK = 1 << 20
 FULL_ARCHIVE = "all"
@@ -196,15 +195,6 @@ def load_manifest(path: str | Path) -> dict[str, Archive]:
         raise DatasetError(f"{path}: invalid download manifest ({exc})") from exc
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _offline(url: str, reason: object) -> OfflineError:
     host = urllib.parse.urlparse(url).netloc or url
     return OfflineError(
@@ -226,7 +216,9 @@ class _Interrupted(Exception):
     """The connection broke in the middle of a transfer (resumable)."""
 
 
-def _transfer(archive: Archive, part: Path, timeout: float) -> None:
+def _transfer(
+    archive: Archive, part: Path, timeout: float, progress: ProgressCallback | None
+) -> None:
     """Download (or resume) ``archive`` into ``part`` once; raise _Interrupted on a cut."""
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(archive.url, headers={"User-Agent": "defectmap"})
@@ -253,7 +245,8 @@ def _transfer(archive: Archive, part: Path, timeout: float) -> None:
         received = 0
         with open(part, "ab" if append else "wb") as fh:
             try:
-                for block in track(_chunks(response), f"downloading {archive.filename}", total):
+                for block in track(_chunks(response), f"downloading {archive.filename}",
+                                   progress, total):
                     fh.write(block)
                     received += len(block)
             except (http.client.HTTPException, ConnectionError, TimeoutError) as exc:
@@ -262,7 +255,10 @@ def _transfer(archive: Archive, part: Path, timeout: float) -> None:
             raise _Interrupted(f"received {received} of {expected} bytes")
 
 
-def _fetch(archive: Archive, downloads: Path, timeout: float, retries: int) -> Path:
+def _fetch(
+    archive: Archive, downloads: Path, timeout: float, retries: int,
+    progress: ProgressCallback | None,
+) -> Path:
     """Return the verified archive file in ``downloads``, downloading or resuming it."""
     if archive.sha256 is None:
         raise DatasetError(
@@ -275,7 +271,7 @@ def _fetch(archive: Archive, downloads: Path, timeout: float, retries: int) -> P
     part = downloads / f"{archive.filename}.part"
     for attempt in range(retries + 1):
         try:
-            _transfer(archive, part, timeout)
+            _transfer(archive, part, timeout, progress)
             break
         except _Interrupted as exc:
             if attempt == retries:
@@ -308,7 +304,7 @@ def _wrapper(names: list[str], wanted: set[str]) -> str | None:
 def _extract(archive_file: Path, categories: list[str], root: Path,
              extra: tuple[str, ...] = ()) -> list[Path]:
     """Extract ``categories`` (and ``extra``) into ``root``, one atomic rename each."""
-    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=root))
+    tmp = make_temp_dir(root, prefix=".extract-")
     wanted = set(categories) | set(extra)
     try:
         try:
@@ -331,7 +327,7 @@ def _extract(archive_file: Path, categories: list[str], root: Path,
                 raise DatasetError(f"{archive_file}: archive has no category folder {name}/")
         for name in [*categories, *extra]:
             if (tmp / name).exists() and not (root / name).exists():
-                os.replace(tmp / name, root / name)
+                replace_dir(tmp / name, root / name)
         return [root / name for name in categories]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -352,6 +348,7 @@ def download_dataset(
     timeout: float = 30.0,
     retries: int = 3,
     keep_archives: bool = False,
+    progress: ProgressCallback | None = None,
 ) -> list[Path]:
     """Download and extract categories of one dataset of :data:`DATASETS` into ``root``.
 
@@ -366,6 +363,7 @@ def download_dataset(
     timeout : seconds to wait for the server on connect and on each read.
     retries : automatic resumes after a transfer is cut in the middle.
     keep_archives : keep the verified archives in ``root/.downloads`` after extraction.
+    progress : reports ``(task, MiB done, MiB total)`` (see :mod:`defectmap.progress`).
 
     Returns
     -------
@@ -420,7 +418,7 @@ def download_dataset(
             if base_url:
                 archive = replace(archive, url=f"{base_url.rstrip('/')}/{archive.filename}")
             downloads.mkdir(exist_ok=True)
-            archive_file = _fetch(archive, downloads, timeout, retries)
+            archive_file = _fetch(archive, downloads, timeout, retries, progress)
             _extract(archive_file, names, root, archive.extra)
             if not keep_archives:
                 archive_file.unlink(missing_ok=True)
@@ -438,7 +436,8 @@ def download_mvtec(
     timeout: float = 30.0,
     retries: int = 3,
     keep_archives: bool = False,
+    progress: ProgressCallback | None = None,
 ) -> list[Path]:
     """Download and extract MVTec AD categories into ``root`` (see :func:`download_dataset`)."""
     return download_dataset("mvtec_ad", root, categories, base_url, manifest, timeout,
-                            retries, keep_archives)
+                            retries, keep_archives, progress)

@@ -32,8 +32,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,7 +42,7 @@ from PIL import Image
 
 from defectmap.data.synth import render_defects
 from defectmap.errors import DatasetError
-from defectmap.files import make_temp_dir, write_text
+from defectmap.files import atomic_output_dir, write_text
 
 __all__ = [
     "LAYOUTS",
@@ -97,19 +95,11 @@ def _check_args(category: str, size: int, counts: dict[str, int]) -> None:
 
 @contextmanager
 def _atomic_folder(target: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary folder beside ``target`` that replaces it when the block succeeds."""
+    """A temporary folder that replaces ``target`` when complete (``overwrite`` allowing)."""
     if target.exists() and not overwrite:
         raise DatasetError(f"{target}: already exists; choose another folder or overwrite")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_temp_dir(target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
+    with atomic_output_dir(target, marker=None) as tmp:
         yield tmp
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _renderer(layout: str, seed: int, size: int, kind: str = "object") -> Callable[..., Any]:
