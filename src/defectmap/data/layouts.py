@@ -25,8 +25,8 @@ from defectmap.data import loco, mvtec, mvtec_ad2, realiad, visa
 from defectmap.data.records import CategoryData, Problem
 from defectmap.errors import DatasetError
 
-__all__ = ["FATAL_KINDS", "LAYOUTS", "detect_layout", "list_categories", "load_category",
-           "scan_any"]
+__all__ = ["FATAL_KINDS", "LAYOUTS", "detect_layout", "is_category_folder", "list_categories",
+           "load_category", "scan_any"]
 
 LAYOUTS = ("mvtec", "folders", "loco", "mvtec_ad2", "visa", "realiad")
 #: Problem kinds that make :func:`load_category` fail (the others only concern ``check``).
@@ -47,6 +47,12 @@ def _split_root(root: Path, category: str | None) -> tuple[Path, str | None, str
     if root.parent.name.startswith("realiad_") and realiad.is_realiad_root(root.parent.parent):
         return root.parent.parent, root.name, "realiad"
     return root, None, None
+
+
+def is_category_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` is itself one category, in any layout (not a dataset root)."""
+    folder = Path(folder)
+    return _split_root(folder, None)[2] is not None or mvtec.is_category_dir(folder)
 
 
 def detect_layout(root: str | Path, category: str | None = None) -> str:
