@@ -23,6 +23,8 @@ GRAYSCALE_CATEGORIES: Final = ("grid", "screw", "zipper")
 
 #: Default integration limit of AU-PRO in the MVTec AD protocol.
 DEFAULT_FPR_LIMIT: Final = 0.3
+#: AU-PRO integration limit of the MVTec AD 2 protocol.
+MVTEC_AD2_FPR_LIMIT: Final = 0.05
 
 #: Images larger than this many pixels are refused (decompression-bomb guard).
 MAX_IMAGE_PIXELS: Final = 64_000_000
