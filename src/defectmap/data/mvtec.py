@@ -143,7 +143,9 @@ def select_categories(
         return list(MVTEC_CATEGORIES)
     if categories:
         return list(categories)
-    found = list_categories(root)
+    from defectmap.data.layouts import list_categories as any_layout
+
+    found = any_layout(root)
     if not found:
         raise DatasetError(f"{root}: no category folders found")
     return found
