@@ -499,7 +499,7 @@ def loco_metrics(
             auc_roc[kind] = image_auroc(chosen, labels)
         method = {
             "auc_spro": "exact: every distinct score is a threshold",
-            "auc_roc": "exact: Mann-Whitney, tied scores count one half",
+            "auc_roc": "exact: Mann-Whitney of the map maxima, tied scores count one half",
         }
     else:
         rng = np.random.default_rng(random_state)
@@ -517,7 +517,8 @@ def loco_metrics(
                 f"official: adaptive thresholds of the MVTec LOCO AD evaluation code "
                 f"(curve_max_distance {curve_max_distance:g}, {n_thresholds} thresholds)"
             ),
-            "auc_roc": "official: ROC of the MVTec LOCO AD evaluation code (ties not merged)",
+            "auc_roc": ("official: ROC of the map maxima as the MVTec LOCO AD evaluation code "
+                        "draws it (ties not merged)"),
         }
     auc_spro["mean"] = {
         _limit_key(lim): math.fsum(auc_spro[k][_limit_key(lim)] for k in kinds) / len(kinds)
