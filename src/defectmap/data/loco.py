@@ -30,7 +30,7 @@ import numpy as np
 
 from defectmap.constants import LOCO_ANOMALY_TYPES
 from defectmap.data.io import read_mask_values
-from defectmap.data.mvtec import _images_in, _is_image, _subfolders, _visible
+from defectmap.data.mvtec import _good_split, _images_in, _is_image, _subfolders, _visible
 from defectmap.data.records import GOOD, CategoryData, DefectConfig, Problem, Sample
 from defectmap.errors import DatasetError, ImageReadError
 
@@ -166,18 +166,8 @@ def scan_loco(folder: str | Path) -> tuple[CategoryData, list[Problem]]:
             problems.append(Problem("unexpected_file", sub,
                                     f"unexpected folder (expected {', '.join(_TOP_LEVEL)})"))
 
-    def good_images(split: str) -> list[Sample]:
-        good = folder / split / GOOD
-        if not good.is_dir():
-            problems.append(Problem("missing_split", good, f"missing folder {split}/good/"))
-            return []
-        for sub in _subfolders(folder / split, (), problems):
-            if sub.name != GOOD:
-                problems.append(Problem("unexpected_file", sub,
-                                        f"unexpected folder: {split} images are good only"))
-        return [Sample(p, split, 0, GOOD, None, name) for p in _images_in(good, problems)]
-
-    train, validation = good_images("train"), good_images("validation")
+    train = _good_split(folder, "train", name, problems)
+    validation = _good_split(folder, "validation", name, problems)
     test: list[Sample] = []
     test_dir, gt_dir = folder / "test", folder / "ground_truth"
     if not test_dir.is_dir():

@@ -182,6 +182,23 @@ def _subfolders(
     return subs
 
 
+def _good_split(folder: Path, split: str, name: str, problems: list[Problem]) -> list[Sample]:
+    """The good images of ``folder/split/good`` (a layout's train or validation split).
+
+    A missing folder is a ``missing_split`` problem; other folders beside ``good/`` are
+    unexpected.
+    """
+    good = folder / split / GOOD
+    if not good.is_dir():
+        problems.append(Problem("missing_split", good, f"missing folder {split}/good/"))
+        return []
+    for sub in _subfolders(folder / split, (), problems):
+        if sub.name != GOOD:
+            problems.append(Problem("unexpected_file", sub,
+                                    f"unexpected folder: {split} images are good only"))
+    return [Sample(p, split, 0, GOOD, None, name) for p in _images_in(good, problems)]
+
+
 def _scan_mvtec(folder: Path, name: str, problems: list[Problem]) -> CategoryData:
     train_dir, test_dir, gt_dir = folder / "train", folder / "test", folder / "ground_truth"
     for sub in _subfolders(folder, _ALLOWED_TOP_LEVEL_SUFFIXES, problems):

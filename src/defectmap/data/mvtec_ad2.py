@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from defectmap.constants import MVTEC_AD2_PRIVATE_COUNTS, MVTEC_AD2_PRIVATE_SPLITS
-from defectmap.data.mvtec import _images_in, _subfolders
+from defectmap.data.mvtec import _good_split, _images_in, _subfolders
 from defectmap.data.records import GOOD, UNKNOWN_LABEL, CategoryData, Problem, Sample
 from defectmap.errors import DatasetError
 from defectmap.files import write_bytes
@@ -54,18 +54,6 @@ _FLOAT16_MAX = float(np.finfo(np.float16).max)
 def is_mvtec_ad2_category(folder: str | Path) -> bool:
     """Whether ``folder`` is a category in the MVTec AD 2 layout (has ``test_public/``)."""
     return (Path(folder) / "test_public").is_dir()
-
-
-def _good(folder: Path, split: str, name: str, problems: list[Problem]) -> list[Sample]:
-    good = folder / split / GOOD
-    if not good.is_dir():
-        problems.append(Problem("missing_split", good, f"missing folder {split}/good/"))
-        return []
-    for sub in _subfolders(folder / split, (), problems):
-        if sub.name != GOOD:
-            problems.append(Problem("unexpected_file", sub,
-                                    f"unexpected folder: {split} images are good only"))
-    return [Sample(p, split, 0, GOOD, None, name) for p in _images_in(good, problems)]
 
 
 def _public_test(folder: Path, name: str, problems: list[Problem]) -> list[Sample]:
@@ -123,8 +111,8 @@ def scan_mvtec_ad2(folder: str | Path) -> tuple[CategoryData, list[Problem]]:
         if sub.name not in _TOP_LEVEL:
             problems.append(Problem("unexpected_file", sub,
                                     f"unexpected folder (expected {', '.join(_TOP_LEVEL)})"))
-    train = _good(folder, "train", name, problems)
-    validation = _good(folder, "validation", name, problems)
+    train = _good_split(folder, "train", name, problems)
+    validation = _good_split(folder, "validation", name, problems)
     test = _public_test(folder, name, problems)
     unlabeled = {}
     for split in MVTEC_AD2_PRIVATE_SPLITS:
