@@ -159,13 +159,15 @@ def _prepare(
     dtype = common_dtype(map_list)
     if dtype.kind != "f":  # integer maps: float64 holds them exactly
         dtype = np.dtype(np.float64)
-    parts: dict[str, list[np.ndarray]] = {}
+    # Pass 1: check every map and mask, keep each defect's scores and each image's union;
+    # pass 2 copies the normal scores once into one preallocated array per image type.
     defects: list[_Defect] = []
+    unions: list[np.ndarray | None] = []
+    n_normal: dict[str, int] = {}
     for i, (m, kind, image_masks, sats) in enumerate(
         zip(map_list, types, masks, saturation_areas, strict=True)
     ):
         check_finite(m, i)
-        m = np.asarray(m, dtype=dtype)
         if len(image_masks) != len(sats):
             raise MetricInputError(
                 f"image {i}: {len(image_masks)} masks but {len(sats)} saturation areas"
@@ -174,7 +176,7 @@ def _prepare(
             raise MetricInputError(f"image {i} is of type 'good' but has {len(image_masks)} masks")
         if kind != GOOD and not image_masks:
             raise MetricInputError(f"image {i} of type {kind!r} has no ground-truth mask")
-        union = np.zeros(m.shape, dtype=bool)
+        union = np.zeros(m.shape, dtype=bool) if image_masks else None
         for j, (k, s) in enumerate(zip(image_masks, sats, strict=True)):
             k = np.asarray(k) != 0
             if k.shape != m.shape:
@@ -188,14 +190,21 @@ def _prepare(
                     f"image {i}: mask {j} has saturation area {s}; the sPRO is undefined "
                     f"(a relative saturation threshold times a tiny defect area)"
                 )
+            assert union is not None
             union |= k
-            defects.append(_Defect(np.sort(m[k]), int(s), i))
-        parts.setdefault(kind, []).append(m[~union] if image_masks else m.ravel())
-    normals = {}
-    for kind, arrays in parts.items():
-        pooled = np.concatenate(arrays)
-        pooled.sort()
-        normals[kind] = pooled
+            defects.append(_Defect(np.sort(np.asarray(m, dtype=dtype)[k]), int(s), i))
+        unions.append(union)
+        inside = 0 if union is None else int(np.count_nonzero(union))
+        n_normal[kind] = n_normal.get(kind, 0) + m.size - inside
+    normals = {kind: np.empty(n, dtype=dtype) for kind, n in n_normal.items()}
+    filled = dict.fromkeys(n_normal, 0)
+    for m, kind, union in zip(map_list, types, unions, strict=True):
+        values = np.asarray(m, dtype=dtype)
+        values = values.ravel() if union is None else values[~union]
+        normals[kind][filled[kind]: filled[kind] + values.size] = values
+        filled[kind] += values.size
+    for arr in normals.values():
+        arr.sort()
     n_normal = {kind: int(arr.size) for kind, arr in normals.items()}
     if not any(kind != GOOD for kind in normals):
         raise MetricInputError("no anomalous image: the AU-sPRO is undefined")
