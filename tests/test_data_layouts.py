@@ -237,3 +237,19 @@ def test_submission_in_the_upload_layout(roots, tmp_path):
     kinds = sorted((p.kind, p.path.name) for p in check_submission(out, counts={"c1": 4}))
     assert kinds == [("layout", "004_regular.tiff"), ("map_format", "000_regular.tiff")]
     assert [p.kind for p in check_submission(out)][:1] == ["layout"]  # 8 categories expected
+
+
+def test_cli_synth_every_layout_then_check(tmp_path, capsys):
+    from defectmap.cli._common import run_app
+
+    for layout in ("loco", "mvtec_ad2", "visa", "realiad"):
+        out = tmp_path / layout
+        assert run_app(["data", "synth", str(out), "--layout", layout, "--n-train", "6",
+                        "--n-test", "8", "--size", "48"]) == 0
+        assert run_app(["data", "check", str(out)]) == 0
+        printed = capsys.readouterr().out
+        assert "no problems found" in printed and f"synth_{layout}" in printed
+    assert run_app(["data", "synth", str(tmp_path / "x"), "--layout", "mvtec3d"]) == 1
+    assert "--layout must be mvtec or one of" in " ".join(capsys.readouterr().err.split())
+    data = layouts.load_category(tmp_path / "loco", "synth_loco")
+    assert (len(data.train), len(data.validation), len(data.test)) == (6, 1, 8)
