@@ -19,6 +19,7 @@ Conversions
 from __future__ import annotations
 
 import io
+from os import PathLike
 from pathlib import Path
 from typing import IO, Literal
 
@@ -30,7 +31,9 @@ from defectmap.errors import ImageReadError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "ImageInput",
     "MAX_UPLOAD_BYTES",
+    "as_image_array",
     "decode_image",
     "image_header",
     "image_size",
@@ -337,3 +340,33 @@ def read_mask(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarra
         As :func:`read_image`.
     """
     return read_mask_values(path, max_pixels) > 0
+
+
+ImageInput = np.ndarray | str | PathLike
+
+
+def as_image_array(image: ImageInput, index: int = 0) -> np.ndarray:
+    """Return an image as a uint8 array (H, W) or (H, W, 3); paths are read safely.
+
+    Parameters
+    ----------
+    image : a uint8 array (H, W), (H, W, 1) or (H, W, 3), or a path to an image file.
+    index : position of the image in its sequence (used in error messages).
+
+    Raises
+    ------
+    ImageReadError : the file cannot be read or the array has the wrong dtype/shape.
+    """
+    if not isinstance(image, np.ndarray):
+        return read_image(Path(image), mode="RGB")
+    if image.dtype != np.uint8:
+        raise ImageReadError(f"image #{index}: expected dtype uint8, got {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+        raise ImageReadError(
+            f"image #{index}: expected shape (H, W) or (H, W, 3), got {image.shape}"
+        )
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ImageReadError(f"image #{index}: empty image of shape {image.shape}")
+    return image

@@ -19,7 +19,6 @@ import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -32,6 +31,7 @@ from defectmap.errors import DefectmapError, ModelFileError, NotFittedError
 from defectmap.features.backbones import Backbone, load_backbone
 from defectmap.features.preprocess import ImageInput, as_image_array, preprocess
 from defectmap.files import to_jsonable, write_bytes, write_text
+from defectmap.prediction import Prediction
 from defectmap.progress import track
 
 FORMAT_VERSION = 1
@@ -41,20 +41,6 @@ WEIGHTS_FILE = "weights.safetensors"
 
 class UnknownDetectorError(DefectmapError, ValueError):
     """A detector name that is not registered."""
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """Scores and anomaly maps of N images (higher = more anomalous).
-
-    Attributes
-    ----------
-    scores : float32 array (N,), one anomaly score per image.
-    maps : N float32 arrays (H_i, W_i), each at its input image's native size.
-    """
-
-    scores: np.ndarray
-    maps: list[np.ndarray]
 
 
 D = TypeVar("D", bound="Detector")
