@@ -258,3 +258,31 @@ def test_detector_that_cannot_be_traced_is_refused(numpy_scorer, tmp_path: Path)
     _no_leftovers(tmp_path, "out")
     assert json.loads((tmp_path / "model" / "model.json").read_text())["detector"] == (
         _NumpyScorer.name)
+
+
+TORCH_FREE = """
+import json, sys
+for name in ("torch", "torchvision", "timm", "onnx", "onnxscript", "faiss"):
+    sys.modules[name] = None  # importing any of them now raises ImportError
+from defectmap.runtime import ExportedModel
+for runtime in ("onnxruntime", "openvino"):
+    prediction = ExportedModel(sys.argv[1], runtime=runtime).predict(sys.argv[2:])
+    print(json.dumps({"runtime": runtime, "scores": prediction.scores.tolist(),
+                      "shapes": [list(m.shape) for m in prediction.maps]}))
+"""
+
+
+def test_runtime_runs_with_torch_blocked(patchcore_export, category) -> None:
+    import subprocess
+    import sys
+
+    paths = [str(s.path) for s in category.test[:3]]
+    done = subprocess.run([sys.executable, "-c", TORCH_FREE, str(patchcore_export), *paths],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    reference = ExportedModel(patchcore_export, runtime="onnxruntime").predict(paths)
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["runtime"] for r in rows] == ["onnxruntime", "openvino"]
+    for row in rows:
+        np.testing.assert_allclose(row["scores"], reference.scores, rtol=PARITY_RTOL)
+        assert row["shapes"] == [list(m.shape) for m in reference.maps]
