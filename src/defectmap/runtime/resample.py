@@ -16,9 +16,10 @@ weight matrix per axis:
   n_in - 1)``.
 
 Each matrix has only a few non-zero weights per row (about ``2 s + 1`` antialiased, 2
-otherwise), so it is stored as *taps*: ``(n_out, k)`` start-aligned indices and weights,
-applied as ``k`` gathers and multiply-adds. Measured against torch, both resizes agree to
-within 1e-6 (``tests/test_runtime.py``).
+otherwise), so it is a SciPy sparse matrix and each axis one sparse-dense product. Measured
+on one loaded core for a 900 x 900 RGB image to 320 px: 9.9 ms (torch 9.6 ms; gathering the
+taps with NumPy took 13.8 ms), and 2.0 ms for a 320 px map to 900 x 900 (torch 1.9 ms,
+NumPy taps 7.1 ms). Both resizes agree with torch to ~1e-6 (``tests/test_runtime_numpy.py``).
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ import functools
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import sparse
 
-__all__ = ["preprocess", "resize_maps", "resize_taps", "resize_weights"]
+__all__ = ["preprocess", "resize_maps", "resize_matrix", "resize_weights"]
 
 
 def resize_weights(n_in: int, n_out: int, antialias: bool) -> np.ndarray:
@@ -73,39 +75,24 @@ def resize_weights(n_in: int, n_out: int, antialias: bool) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
-def resize_taps(n_in: int, n_out: int, antialias: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The non-zero band of :func:`resize_weights` as taps (cached; do not modify).
-
-    Returns
-    -------
-    indices : int64 array (n_out, k), input sample of each tap (consecutive per row).
-    weights : float32 array (n_out, k), zero where a tap lies outside the row's band.
-    """
-    dense = resize_weights(n_in, n_out, antialias)
-    nonzero = dense != 0
-    first = nonzero.argmax(axis=1)
-    last = n_in - 1 - nonzero[:, ::-1].argmax(axis=1)
-    k = int((last - first).max()) + 1
-    first = np.minimum(first, n_in - k)  # keep every window inside the input
-    indices = first[:, None] + np.arange(k)[None, :]
-    weights = np.take_along_axis(dense, indices, axis=1).astype(np.float32)
-    indices.setflags(write=False)
-    weights.setflags(write=False)
-    return indices, weights
+def resize_matrix(n_in: int, n_out: int, antialias: bool) -> sparse.csr_matrix:
+    """:func:`resize_weights` as a float32 sparse CSR matrix (cached; do not modify)."""
+    return sparse.csr_matrix(resize_weights(n_in, n_out, antialias).astype(np.float32))
 
 
-def _resize_axis(x: np.ndarray, axis: int, n_out: int, antialias: bool) -> np.ndarray:
-    """Resize float or uint8 ``x`` along ``axis`` to ``n_out`` samples; float32 result."""
-    n_in = x.shape[axis]
+def _resize_rows(x: np.ndarray, n_out: int, antialias: bool) -> np.ndarray:
+    """Resize axis 0 of ``x`` (n_in, ...), float or uint8, to ``n_out``; float32 result."""
+    n_in = x.shape[0]
     if n_in == n_out:
         return x.astype(np.float32, copy=False)
-    indices, weights = resize_taps(n_in, n_out, antialias)
-    shape = [1] * x.ndim
-    shape[axis] = n_out
-    out = np.zeros(x.shape[:axis] + (n_out,) + x.shape[axis + 1 :], dtype=np.float32)
-    for tap in range(indices.shape[1]):
-        out += weights[:, tap].reshape(shape) * np.take(x, indices[:, tap], axis=axis)
-    return out
+    out = resize_matrix(n_in, n_out, antialias) @ x.reshape(n_in, -1)
+    return np.asarray(out, dtype=np.float32).reshape((n_out, *x.shape[1:]))
+
+
+def _resize_2d(x: np.ndarray, size: tuple[int, int], antialias: bool) -> np.ndarray:
+    """Resize the first two axes of ``x`` (H, W, ...) to ``size``; returns (W', H', ...)."""
+    rows = _resize_rows(x, size[0], antialias)                  # (H', W, ...)
+    return _resize_rows(np.swapaxes(rows, 0, 1), size[1], antialias)   # (W', H', ...)
 
 
 def preprocess(
@@ -131,11 +118,10 @@ def preprocess(
     std_a = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
     for i, image in enumerate(images):
         x = image[:, :, None] if image.ndim == 2 else image  # grey: one channel, repeated below
-        x = _resize_axis(x, 0, input_size, antialias=True)
-        x = _resize_axis(x, 1, input_size, antialias=True)
+        x = _resize_2d(x, (input_size, input_size), antialias=True)   # (W', H', C)
         # torch scales to [0, 1] before resizing; resizing is linear, so scaling after it
         # differs only by float rounding (< 1e-6).
-        out[i] = (np.moveaxis(x, 2, 0) * np.float32(1.0 / 255.0) - mean_a) / std_a
+        out[i] = (x.transpose(2, 1, 0) * np.float32(1.0 / 255.0) - mean_a) / std_a
     return out
 
 
@@ -152,8 +138,7 @@ def resize_maps(maps: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[np.n
     B float32 arrays (H_i, W_i).
     """
     out = []
-    for anomaly_map, (h, w) in zip(maps, sizes, strict=True):
-        rows = _resize_axis(np.asarray(anomaly_map, dtype=np.float32), 0, h, antialias=False)
-        native = _resize_axis(rows, 1, w, antialias=False)
-        out.append(np.ascontiguousarray(native, dtype=np.float32))
+    for anomaly_map, size in zip(maps, sizes, strict=True):
+        native = _resize_2d(np.asarray(anomaly_map, dtype=np.float32), size, antialias=False)
+        out.append(np.ascontiguousarray(native.T))
     return out
