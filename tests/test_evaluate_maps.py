@@ -15,7 +15,7 @@ from scipy import ndimage
 from defectmap.cli._common import run_app
 from defectmap.data.io import read_mask
 from defectmap.data.mvtec import load_category
-from defectmap.evaluate_maps import MapFileError, evaluate_maps_dir, read_map
+from defectmap.evaluate.maps import MapFileError, evaluate_maps_dir, read_map
 from defectmap.metrics import category_metrics
 
 

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from typing import Final
 
-#: Mean and standard deviation of ImageNet in RGB order, on images scaled to [0, 1].
-IMAGENET_MEAN: Final = (0.485, 0.456, 0.406)
-IMAGENET_STD: Final = (0.229, 0.224, 0.225)
+#: Detector fitted when none is named (``defectmap fit``, ``train_model``, the benchmark).
+DEFAULT_DETECTOR: Final = "patchcore"
+#: Smallest side of the square network input (a 2 x 2 feature grid at stride 16).
+MIN_INPUT_SIZE: Final = 32
+#: Target false-alarm rate of the calibrated image threshold.
+DEFAULT_ALPHA: Final = 0.01
+#: Target fraction of good validation pixels above the calibrated pixel threshold.
+DEFAULT_PIXEL_FPR: Final = 0.001
 
 TEXTURE_CATEGORIES: Final = ("carpet", "grid", "leather", "tile", "wood")
 OBJECT_CATEGORIES: Final = (

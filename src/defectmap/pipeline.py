@@ -19,12 +19,9 @@ per-image :class:`Inspection` results (used by ``predict``, the service and the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,16 +33,16 @@ import numpy as np
 from defectmap import __version__
 from defectmap.calibrate import (
     CALIBRATION_FILE,
-    DEFAULT_ALPHA,
-    DEFAULT_PIXEL_FPR,
     Calibration,
     Region,
     fit_calibration,
     split_validation,
 )
+from defectmap.constants import DEFAULT_ALPHA, DEFAULT_DETECTOR, DEFAULT_PIXEL_FPR
 from defectmap.data.records import CategoryData, Sample
 from defectmap.errors import DatasetError, ModelFileError
-from defectmap.files import write_json
+from defectmap.files import atomic_output_dir, check_replaceable, sha256_tree, write_json
+from defectmap.progress import ProgressCallback
 
 if TYPE_CHECKING:
     from defectmap.detectors import Detector
@@ -55,7 +52,6 @@ __all__ = ["TRAINING_FILE", "Inspection", "InspectionModel", "load_model", "trai
 
 TRAINING_FILE = "training.json"
 MODEL_FILE = "model.json"  # written by the detector (defectmap.detectors.base.MODEL_JSON)
-_HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: arrays have no single truth value
@@ -101,20 +97,6 @@ class Inspection:
         }
 
 
-def _hash_directory(directory: Path) -> str:
-    """sha256 over the directory's files: relative name, size and bytes, sorted by name."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in directory.rglob("*") if p.is_file())
-    for path in files:
-        name = path.relative_to(directory).as_posix().encode("utf-8")
-        digest.update(len(name).to_bytes(8, "little") + name)
-        digest.update(path.stat().st_size.to_bytes(8, "little"))
-        with path.open("rb") as handle:
-            while chunk := handle.read(_HASH_CHUNK):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
 class InspectionModel:
     """A detector with its calibration and training summary.
 
@@ -141,7 +123,7 @@ class InspectionModel:
         self.info = dict(info)
         self.directory = None if directory is None else Path(directory)
         if model_hash is None and self.directory is not None:
-            model_hash = _hash_directory(self.directory)
+            model_hash = sha256_tree(self.directory)
         self._model_hash = model_hash
 
     @property
@@ -150,13 +132,19 @@ class InspectionModel:
         name) at load/save time; None for a model that was never saved."""
         return self._model_hash
 
-    def inspect(self, images: Sequence[ImageInput], batch_size: int = 1) -> list[Inspection]:
+    def inspect(
+        self,
+        images: Sequence[ImageInput],
+        batch_size: int = 1,
+        progress: ProgressCallback | None = None,
+    ) -> list[Inspection]:
         """Score, decide and segment images.
 
         Parameters
         ----------
         images : uint8 arrays (H_i, W_i[, 3]) or image file paths.
         batch_size : images per forward pass of the backbone.
+        progress : reports the scoring (see :mod:`defectmap.progress`).
 
         Returns
         -------
@@ -165,7 +153,7 @@ class InspectionModel:
         """
         if len(images) == 0:
             return []
-        prediction = self.detector.predict(images, batch_size=batch_size)
+        prediction = self.detector.predict(images, batch_size=batch_size, progress=progress)
         scores = np.asarray(prediction.scores, dtype=np.float64)
         cal = self.calibration
         if cal is None:
@@ -241,7 +229,7 @@ def load_model(directory: str | os.PathLike[str]) -> InspectionModel:
     folder = Path(directory)
     if not folder.is_dir():
         raise ModelFileError(f"{folder}: model directory not found")
-    model_hash = _hash_directory(folder)  # hash first: describes the bytes about to be read
+    model_hash = sha256_tree(folder)  # hash first: describes the bytes about to be read
     detector = load_detector(folder)
     calibration = Calibration.load(folder) if (folder / CALIBRATION_FILE).exists() else None
     info: dict[str, Any] = {}
@@ -256,34 +244,6 @@ def load_model(directory: str | os.PathLike[str]) -> InspectionModel:
     return InspectionModel(detector, calibration, info, directory=folder, model_hash=model_hash)
 
 
-def _check_replaceable(out_dir: Path) -> None:
-    """Refuse to replace something that is not a defectmap model (or an empty folder)."""
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise ModelFileError(f"{out_dir}: exists and is not a directory")
-    if any(out_dir.iterdir()) and not (out_dir / MODEL_FILE).is_file():
-        raise ModelFileError(
-            f"{out_dir}: exists, is not empty and holds no {MODEL_FILE}; refusing to replace it"
-        )
-
-
-def _move_into_place(tmp_dir: Path, out_dir: Path) -> None:
-    """Rename the complete ``tmp_dir`` to ``out_dir``, replacing an old model only then."""
-    _check_replaceable(out_dir)
-    if not out_dir.exists():
-        os.replace(tmp_dir, out_dir)
-        return
-    backup = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
-    os.replace(out_dir, backup)
-    try:
-        os.replace(tmp_dir, out_dir)
-    except BaseException:
-        os.replace(backup, out_dir)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
-
-
 def _stems(items: Sequence[Sample | Path]) -> list[str]:
     return [item.stem for item in items]
 
@@ -295,7 +255,7 @@ def _now() -> str:
 def train_model(
     category_data: CategoryData,
     out_dir: str | os.PathLike[str],
-    detector: str = "patchcore",
+    detector: str = DEFAULT_DETECTOR,
     detector_params: dict[str, Any] | None = None,
     val_ratio: float = 0.1,
     min_val: int = 10,
@@ -306,6 +266,7 @@ def train_model(
     min_region_area: int = 1,
     validation_images: Sequence[str | os.PathLike[str]] | None = None,
     batch_size: int = 1,
+    progress: ProgressCallback | None = None,
 ) -> InspectionModel:
     """Fit a detector on good training images, calibrate it on held-out good images, save both.
 
@@ -325,6 +286,8 @@ def train_model(
     validation_images : a separate folder's good images (paths) used for calibration instead
         of a split; then every ``train/good`` image fits the detector.
     batch_size : images per forward pass when scoring the validation images.
+    progress : reports ``(task, done, total)`` of the fit and of the validation scoring
+        (see :mod:`defectmap.progress`).
 
     Returns
     -------
@@ -335,13 +298,15 @@ def train_model(
     ------
     DatasetError : no good training images.
     CalibrationError : too few images for the split, or invalid alpha / pixel_fpr.
-    ModelFileError : ``out_dir`` exists and is not a model directory.
+    DefectmapError : ``out_dir`` exists and is not a model directory.
+    UnknownDetectorError, DefectmapError : unknown detector name or parameter (see
+        :func:`~defectmap.detectors.build_detector`).
     """
-    from defectmap.detectors import create_detector
+    from defectmap.detectors import build_detector, create_detector
 
     started_at, t0 = _now(), time.perf_counter()
     out_dir = Path(out_dir)
-    _check_replaceable(out_dir)  # fail before the (long) fit, not after
+    check_replaceable(out_dir, MODEL_FILE)  # fail before the (long) fit, not after
     good = [s for s in category_data.train if s.label == 0]
     if not good:
         raise DatasetError(f"{category_data.root}: no good training images to fit on")
@@ -356,13 +321,13 @@ def train_model(
             raise DatasetError("validation_images is empty")
 
     params = dict(detector_params or {})
-    model = create_detector(detector, **params)  # __init__ only stores: cheap
+    model = build_detector(detector, params)  # __init__ only stores: cheap
     if "random_state" not in params and "random_state" in model.get_params():
         model = create_detector(detector, **params, random_state=random_state)
-    model.fit([s.path for s in fit_samples])
+    model.fit([s.path for s in fit_samples], progress=progress)
     fit_seconds = time.perf_counter() - t0
     val_paths = [s.path if isinstance(s, Sample) else s for s in validation]
-    prediction = model.predict(val_paths, batch_size=batch_size)
+    prediction = model.predict(val_paths, batch_size=batch_size, progress=progress)
     calibration = fit_calibration(prediction.scores, prediction.maps, alpha=alpha,
                                   pixel_fpr=pixel_fpr, min_region_area=min_region_area)
     info = {
@@ -392,15 +357,9 @@ def train_model(
         "calibrate_seconds": round(time.perf_counter() - t0 - fit_seconds, 3),
     }
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        tmp_dir.mkdir()
+    # Incl. Ctrl-C: no half-written directory is left behind, an old model stays whole.
+    with atomic_output_dir(out_dir, marker=MODEL_FILE) as tmp_dir:
         model.save(tmp_dir)
         calibration.save(tmp_dir)
         write_json(tmp_dir / TRAINING_FILE, info)
-        _move_into_place(tmp_dir, out_dir)
-    except BaseException:  # incl. Ctrl-C: leave no half-written directory behind
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     return InspectionModel(model, calibration, info, directory=out_dir)

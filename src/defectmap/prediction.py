@@ -1,4 +1,8 @@
-"""The one result type of every scorer (detectors and exported runtimes): torch-free."""
+"""The one result type of every detector: image scores and anomaly maps (imports no torch).
+
+Kept out of :mod:`defectmap.detectors` so that code which only consumes predictions (the
+calibration, the evaluation, the service, a runtime of exported models) needs no torch.
+"""
 
 from __future__ import annotations
 

@@ -25,6 +25,13 @@ console = Console()
 err_console = Console(stderr=True)
 
 _DEBUG_ENV = "DEFECTMAP_DEBUG"
+#: Exit code after Ctrl-C (128 + SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
+
+
+def _interrupted() -> int:
+    err_console.print("[red]interrupted[/red]: stopped cleanly, no partial output left")
+    return EXIT_INTERRUPTED
 
 
 @app.callback()
@@ -48,8 +55,7 @@ def run_app(argv: list[str]) -> int:
         # command's own return value, which our commands leave as None).
         result = app(args=argv, prog_name="defectmap", standalone_mode=False)
     except KeyboardInterrupt:
-        err_console.print("[red]interrupted[/red]: stopped cleanly, no partial output left")
-        return 130
+        return _interrupted()
     except (DefectmapError, FileNotFoundError, PermissionError, NotADirectoryError) as exc:
         if debug or os.environ.get(_DEBUG_ENV):
             raise
@@ -66,8 +72,9 @@ def run_app(argv: list[str]) -> int:
             exc.show(file=sys.stderr)
             return exc.exit_code
         if isinstance(exc, click.exceptions.Abort):
-            # click turns Ctrl-C into Abort
-            err_console.print("[red]interrupted[/red]: stopped cleanly, no partial output left")
-            return 130
+            return _interrupted()  # click turns Ctrl-C into Abort
         raise
+    if result == EXIT_INTERRUPTED:
+        # typer catches KeyboardInterrupt itself and returns 130 without a word.
+        return _interrupted()
     return result if isinstance(result, int) else 0

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from defectmap.cli._common import console, data_app, err_console
+from defectmap.cli.display import progress_display
 
 
 @data_app.command("check")
@@ -23,10 +24,11 @@ def check(
     ),
 ) -> None:
     """Validate a dataset: counts, sizes, masks; list problems; exit 1 when any."""
-    from defectmap.constants import MVTEC_TEST_COUNTS, MVTEC_TRAIN_COUNTS
     from defectmap.data.check import check_dataset
 
-    report = check_dataset(root, categories=list(category) if category else None, full=full)
+    with progress_display() as progress:
+        report = check_dataset(root, categories=list(category) if category else None,
+                               full=full, progress=progress)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -36,11 +38,11 @@ def check(
             table = Table(title=title, title_justify="left")
             for column in ("split", "folder", "images", "official"):
                 table.add_column(column, justify="right" if column != "folder" else "left")
-            official = cat.official
+            official = cat.official_counts()
             table.add_row("train", "good", str(cat.n_train),
-                          str(MVTEC_TRAIN_COUNTS[cat.name]) if official else "-")
+                          "-" if official is None else str(official[0]))
             for folder, n in cat.test_counts.items():
-                ref = MVTEC_TEST_COUNTS[cat.name].get(folder, 0) if official else None
+                ref = None if official is None else official[1][folder]
                 table.add_row("test", folder, str(n), "-" if ref is None else str(ref))
             console.print(table)
             sizes = ", ".join(f"{k} ({v})" for k, v in cat.image_sizes.items()) or "-"
@@ -79,11 +81,12 @@ def synth(
 
     if kind not in ("object", "texture"):
         raise DatasetError(f"--kind must be 'object' or 'texture', not {kind!r}")
-    folder = make_synthetic_dataset(
-        out, category=category, kind=kind,  # type: ignore[arg-type]
-        n_train=n_train, n_test=n_test, size=size, grayscale=grayscale, seed=seed,
-        overwrite=overwrite,
-    )
+    with progress_display() as progress:
+        folder = make_synthetic_dataset(
+            out, category=category, kind=kind,  # type: ignore[arg-type]
+            n_train=n_train, n_test=n_test, size=size, grayscale=grayscale, seed=seed,
+            overwrite=overwrite, progress=progress,
+        )
     console.print(f"wrote {folder}", highlight=False)
 
 
@@ -101,7 +104,8 @@ def download(
     """Download MVTec AD categories (resumable, SHA-256 verified, extracted atomically)."""
     from defectmap.data.download import download_mvtec
 
-    folders = download_mvtec(root, categories=list(category) if category else None,
-                             base_url=base_url, manifest=manifest)
+    with progress_display() as progress:
+        folders = download_mvtec(root, categories=list(category) if category else None,
+                                 base_url=base_url, manifest=manifest, progress=progress)
     for folder in folders:
         console.print(f"ready: {folder}", highlight=False)

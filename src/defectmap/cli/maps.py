@@ -10,6 +10,7 @@ from rich import box
 from rich.table import Table
 
 from defectmap.cli._common import app, console, err_console
+from defectmap.cli.display import progress_display
 from defectmap.constants import DEFAULT_FPR_LIMIT
 from defectmap.files import write_json
 
@@ -61,11 +62,12 @@ def evaluate_maps(
     ),
 ) -> None:
     """Image AUROC, pixel AUROC, AU-PRO and F1-max of anomaly maps, per category and defect."""
-    from defectmap.evaluate_maps import evaluate_maps_dir
+    from defectmap.evaluate.maps import evaluate_maps_dir
 
-    result = evaluate_maps_dir(
-        maps_dir, dataset_root, list(category) if category else None, fpr_limit
-    )
+    with progress_display() as progress:
+        result = evaluate_maps_dir(
+            maps_dir, dataset_root, list(category) if category else None, fpr_limit, progress
+        )
     for warning in result["warnings"]:
         err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False,
                           soft_wrap=True, markup=True)

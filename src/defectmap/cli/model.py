@@ -15,24 +15,10 @@ from typing import Any
 
 import typer
 
-from defectmap.calibrate import DEFAULT_ALPHA
 from defectmap.cli._common import app, console, err_console
-from defectmap.constants import DEFAULT_FPR_LIMIT, MVTEC_CATEGORIES
+from defectmap.cli.display import progress_display
+from defectmap.constants import DEFAULT_ALPHA, DEFAULT_DETECTOR, DEFAULT_FPR_LIMIT
 from defectmap.errors import DefectmapError
-
-#: Detector used when none is given (same as defectmap.detectors.DEFAULT_DETECTOR, kept
-#: here so that `--help` does not import torch).
-DEFAULT_DETECTOR = "patchcore"
-
-#: The demo's synthetic dataset and image size: small enough to run in well under three
-#: minutes on 2 CPU cores, large enough that the image AUROC is far above chance.
-DEMO_N_TRAIN = 40
-DEMO_N_TEST = 30
-DEMO_SIZE = 160
-DEMO_INPUT_SIZE = 160
-# 40 train images leave 10 for validation: enough for the conformal guarantee at alpha = 0.1
-# (needs 9), not at the default 0.01 (needs 99).
-DEMO_ALPHA = 0.1
 
 
 def _detector_params(backbone: str | None, image_size: int | None) -> dict[str, Any]:
@@ -40,20 +26,8 @@ def _detector_params(backbone: str | None, image_size: int | None) -> dict[str, 
     if backbone is not None:
         params["backbone"] = backbone
     if image_size is not None:
-        if image_size < 32:
-            raise DefectmapError(f"--image-size must be at least 32, got {image_size}")
         params["input_size"] = image_size
     return params
-
-
-def _check_detectors(names: list[str]) -> None:
-    from defectmap.detectors import list_detectors
-
-    known = list_detectors()
-    for name in names:
-        if name not in known:
-            raise DefectmapError(f"unknown detector {name!r}; known detectors: "
-                                 f"{', '.join(known)}")
 
 
 @contextmanager
@@ -99,13 +73,13 @@ def fit_command(
     from defectmap.data.mvtec import load_category
     from defectmap.pipeline import train_model
 
-    _check_detectors([detector])
     params = _detector_params(backbone, image_size)
     data = load_category(dataset_root, category)
     start = time.perf_counter()
-    with _warnings_as_lines():
+    with _warnings_as_lines(), progress_display() as progress:
         model = train_model(data, out, detector=detector, detector_params=params,
-                            val_ratio=val_ratio, alpha=alpha, random_state=seed)
+                            val_ratio=val_ratio, alpha=alpha, random_state=seed,
+                            progress=progress)
     seconds = time.perf_counter() - start
     cal = model.calibration
     console.print(f"trained [bold]{detector}[/bold] on {data.name} "
@@ -131,12 +105,14 @@ def predict_command(
     """Score images: decision, score and p-value per image (CSV/JSON), maps and overlays."""
     from rich.table import Table
 
-    from defectmap.evaluate import predict_to_dir
+    from defectmap.evaluate.predict import predict_to_dir
     from defectmap.pipeline import load_model
 
     model = load_model(model_dir)
-    rows = predict_to_dir(model, images, out, batch_size=batch_size,
-                          write_maps=not no_maps, write_overlays=not no_overlays)
+    with progress_display() as progress:
+        rows = predict_to_dir(model, images, out, batch_size=batch_size,
+                              write_maps=not no_maps, write_overlays=not no_overlays,
+                              progress=progress)
     table = Table(title=f"{len(rows)} images")
     for col in ("image", "score", "normalised", "p-value", "decision"):
         table.add_column(col, justify="left" if col == "image" else "right")
@@ -184,46 +160,39 @@ def evaluate_command(
 ) -> None:
     """Run the MVTec AD protocol on the test split: metrics.json, maps and report.html."""
     from defectmap.data.mvtec import load_category
-    from defectmap.evaluate import evaluate_model
+    from defectmap.evaluate.protocol import evaluate_model
     from defectmap.pipeline import load_model
 
     model = load_model(model_dir)
     data = load_category(dataset_root, category)
-    metrics = evaluate_model(model, data, out, fpr_limit=fpr_limit, write_maps=not no_maps,
-                             batch_size=batch_size)
+    with progress_display() as progress:
+        metrics = evaluate_model(model, data, out, fpr_limit=fpr_limit,
+                                 write_maps=not no_maps, batch_size=batch_size,
+                                 progress=progress)
     _print_metrics(metrics)
     console.print(f"report: {Path(out) / 'report.html'}")
 
 
-def _run_and_print(dataset_root: Path, categories: list[str], detectors: list[str],
-                   out: Path, params: dict[str, Any], seed: int,
-                   alpha: float = DEFAULT_ALPHA) -> dict[str, Any]:
-    from defectmap.evaluate import run_benchmark
+def _on_result(m: dict[str, Any]) -> None:
+    err_console.print(f"{m['category']} / {m['detector']}: image AUROC "
+                      f"{_fmt(m['image_auroc'])}, pixel AUROC {_fmt(m['pixel_auroc'])}, "
+                      f"AU-PRO {_fmt(m['aupro'])}")
+
+
+def _on_missing(category: str, reason: str) -> None:
+    err_console.print(f"[yellow]skipped[/yellow] {category}: {reason}", highlight=False)
+
+
+def _print_benchmark(result: dict[str, Any], out: Path) -> None:
     from defectmap.report.table import build_table, to_rich
 
-    def on_result(m: dict[str, Any]) -> None:
-        err_console.print(f"{m['category']} / {m['detector']}: image AUROC "
-                          f"{_fmt(m['image_auroc'])}, pixel AUROC {_fmt(m['pixel_auroc'])}, "
-                          f"AU-PRO {_fmt(m['aupro'])}")
-
-    def on_missing(category: str, reason: str) -> None:
-        err_console.print(f"[yellow]skipped[/yellow] {category}: {reason}", highlight=False)
-
-    with _warnings_as_lines():
-        result = run_benchmark(dataset_root, categories, detectors, out,
-                               detector_params=params, random_state=seed, alpha=alpha,
-                               on_result=on_result, on_missing=on_missing)
-    if not result["rows"]:
-        raise DefectmapError(f"{dataset_root}: none of the categories "
-                             f"{', '.join(categories)} could be evaluated")
-    console.print(to_rich(build_table(result["rows"], detectors),
+    console.print(to_rich(build_table(result["rows"], result["detectors"]),
                           title=f"benchmark ({len(result['rows'])} runs)"))
     if result["missing"]:
         console.print("missing: " + ", ".join(m["category"] for m in result["missing"]))
     for row in result["rows"]:
         console.print(f"report {row['category']}/{row['detector']}: {row['report']}")
     console.print(f"table: {out / 'table.md'} (also table.csv, table.json)")
-    return result
 
 
 @app.command(
@@ -250,24 +219,20 @@ def benchmark_command(
 
     Without --category or --all, every category found under DATASET_ROOT is run.
     """
-    from defectmap.data.mvtec import list_categories
+    from defectmap.data.mvtec import select_categories
+    from defectmap.evaluate.benchmark import run_benchmark
 
-    if category and all_categories:
-        raise DefectmapError("give either --category or --all, not both")
+    categories = select_categories(dataset_root, category, all_categories)
     detectors = list(detector) if detector else [DEFAULT_DETECTOR]
-    _check_detectors(detectors)
-    params = _detector_params(backbone, image_size)
-    if not Path(dataset_root).is_dir():
-        raise DefectmapError(f"{dataset_root}: dataset root does not exist or is not a folder")
-    if all_categories:
-        categories = list(MVTEC_CATEGORIES)
-    elif category:
-        categories = list(category)
-    else:
-        categories = list_categories(dataset_root)
-        if not categories:
-            raise DefectmapError(f"{dataset_root}: no category folders found")
-    _run_and_print(dataset_root, categories, detectors, out, params, seed, alpha)
+    with _warnings_as_lines(), progress_display() as progress:
+        result = run_benchmark(dataset_root, categories, detectors, out,
+                               detector_params=_detector_params(backbone, image_size),
+                               random_state=seed, alpha=alpha, on_result=_on_result,
+                               on_missing=_on_missing, progress=progress)
+    if not result["rows"]:
+        raise DefectmapError(f"{dataset_root}: none of the categories "
+                             f"{', '.join(categories)} could be evaluated")
+    _print_benchmark(result, out)
 
 
 @app.command(
@@ -282,16 +247,13 @@ def demo_command(
 
     Runs offline in well under a minute on 2 CPU cores.
     """
-    from defectmap.data.synth import make_synthetic_dataset
+    from defectmap.demo import run_demo
 
     start = time.perf_counter()
-    data_root = Path(out) / "data"
-    make_synthetic_dataset(data_root, category="synthetic", kind="object",
-                           n_train=DEMO_N_TRAIN, n_test=DEMO_N_TEST, size=DEMO_SIZE,
-                           seed=seed, overwrite=True)
-    console.print(f"synthetic dataset: {data_root / 'synthetic'} ({DEMO_N_TRAIN} train, "
-                  f"{DEMO_N_TEST} test images, {DEMO_SIZE} px)")
-    result = _run_and_print(data_root, ["synthetic"], [DEFAULT_DETECTOR], Path(out),
-                            {"input_size": DEMO_INPUT_SIZE}, seed, DEMO_ALPHA)
+    with _warnings_as_lines(), progress_display() as progress:
+        result = run_demo(out, seed, on_result=_on_result, progress=progress)
+    console.print(f"synthetic dataset: {result['dataset']} ({result['n_train']} train, "
+                  f"{result['n_test']} test images, {result['size']} px)")
+    _print_benchmark(result, Path(out))
     console.print(f"demo finished in {time.perf_counter() - start:.0f} s; open "
                   f"{result['rows'][0]['report']}")

@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 
 import typer
 
 from defectmap.cli._common import app, err_console
-from defectmap.errors import DefectmapError
 
-__all__ = ["is_loopback", "serve"]
-
-
-def is_loopback(host: str) -> bool:
-    """Whether binding to ``host`` only accepts connections from this machine."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name other than localhost may resolve anywhere
+__all__ = ["serve"]
 
 
 @app.command("serve")
@@ -43,11 +31,9 @@ def serve(
     ),
 ) -> None:
     """Serve MODEL_DIR over HTTP: POST /v1/inspect, audit trail, web page at /."""
-    if not is_loopback(host) and not token:
-        # Kept short: rich wraps the error line at 80 columns when stderr is not a terminal.
-        raise DefectmapError(
-            f"--host {host} is not loopback: it needs --token (or DEFECTMAP_TOKEN)"
-        )
+    from defectmap.serve.policy import check_exposure
+
+    check_exposure(host, token)
     import uvicorn
 
     from defectmap.serve import create_app

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from defectmap.constants import MVTEC_TEST_COUNTS, MVTEC_TRAIN_COUNTS
 from defectmap.data.io import read_mask_values, verify_image
@@ -46,11 +45,10 @@ from defectmap.data.mvtec import (
 )
 from defectmap.data.records import GOOD, CategoryData, Sample
 from defectmap.errors import DatasetError, ImageReadError
-from defectmap.progress import track
+from defectmap.metrics import label_regions
+from defectmap.progress import ProgressCallback, track
 
 __all__ = ["CategoryReport", "CheckReport", "Problem", "check_dataset"]
-
-_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 @dataclass
@@ -91,6 +89,17 @@ class CategoryReport:
     def n_test(self) -> int:
         """Number of test images."""
         return sum(self.test_counts.values())
+
+    def official_counts(self) -> tuple[int, dict[str, int]] | None:
+        """Published ``(train, {test folder: count})`` of an official category, else None.
+
+        The test folders are those found on disk plus the published ones (0 when absent).
+        """
+        if not self.official:
+            return None
+        expected = MVTEC_TEST_COUNTS[self.name]
+        folders = list(self.test_counts) + [f for f in expected if f not in self.test_counts]
+        return MVTEC_TRAIN_COUNTS[self.name], {f: expected.get(f, 0) for f in folders}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -183,7 +192,7 @@ def _check_sample(sample: Sample, full: bool) -> _SampleResult:
             "mask_empty", sample.mask_path,
             f"mask of defective image {sample.path.name} has no defect pixel"))
     else:
-        _, result.n_regions = ndimage.label(values > 0, structure=_EIGHT_CONNECTED)
+        _, result.n_regions = label_regions(values > 0)
     return result
 
 
@@ -207,7 +216,9 @@ def _compare_official(report: CategoryReport, data: CategoryData) -> None:
             f"{report.n_masks} masks, official MVTec AD count is {expected_masks}"))
 
 
-def _check_category(folder: Path, workers: int, full: bool) -> CategoryReport:
+def _check_category(
+    folder: Path, workers: int, full: bool, progress: ProgressCallback | None
+) -> CategoryReport:
     data, problems = scan_category(folder)
     official = data.name in MVTEC_TRAIN_COUNTS and data.layout == "mvtec"
     report = CategoryReport(
@@ -229,7 +240,7 @@ def _check_category(folder: Path, workers: int, full: bool) -> CategoryReport:
     modes: Counter[str] = Counter()
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(lambda s: _check_sample(s, full), samples)
-        for result in track(results, f"checking {data.name}", total=len(samples)):
+        for result in track(results, f"checking {data.name}", progress, len(samples)):
             report.problems += result.problems
             report.n_masks += int(result.has_mask)
             report.n_regions += result.n_regions
@@ -249,6 +260,7 @@ def check_dataset(
     categories: list[str] | None = None,
     full: bool = False,
     workers: int | None = None,
+    progress: ProgressCallback | None = None,
 ) -> CheckReport:
     """Validate a dataset folder and return what was found.
 
@@ -261,6 +273,7 @@ def check_dataset(
         chunk CRC-32 checksums instead (finds truncation and corruption, ~50x faster),
         other formats are always decoded. Masks are always decoded.
     workers : decoding threads (default: ``min(4, cpu count)``).
+    progress : reports ``(task, done, total)`` (see :mod:`defectmap.progress`).
 
     Returns
     -------
@@ -287,4 +300,4 @@ def check_dataset(
             if not is_category_dir(root / name):
                 raise DatasetError(f"{root / name}: category folder not found")
             folders.append(root / name)
-    return CheckReport(root, [_check_category(folder, workers, full) for folder in folders])
+    return CheckReport(root, [_check_category(f, workers, full, progress) for f in folders])

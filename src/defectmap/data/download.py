@@ -29,13 +29,11 @@ The MVTec AD dataset is licensed CC BY-NC-SA 4.0 by MVTec Software GmbH.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
 import shutil
 import tarfile
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -46,9 +44,10 @@ from pathlib import Path
 from defectmap.constants import MVTEC_CATEGORIES
 from defectmap.data.mvtec import is_category_dir
 from defectmap.errors import DatasetError, OfflineError
-from defectmap.progress import track
+from defectmap.files import make_temp_dir, replace_dir, sha256_file
+from defectmap.progress import ProgressCallback, track
 
-__all__ = ["MVTEC_ARCHIVES", "Archive", "download_mvtec", "load_manifest", "sha256_file"]
+__all__ = ["MVTEC_ARCHIVES", "Archive", "download_mvtec", "load_manifest"]
 
 _CHUNK = 1 << 20
 FULL_ARCHIVE = "all"
@@ -134,15 +133,6 @@ def load_manifest(path: str | Path) -> dict[str, Archive]:
         raise DatasetError(f"{path}: invalid download manifest ({exc})") from exc
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _offline(url: str, reason: object) -> OfflineError:
     host = urllib.parse.urlparse(url).netloc or url
     return OfflineError(
@@ -164,7 +154,9 @@ class _Interrupted(Exception):
     """The connection broke in the middle of a transfer (resumable)."""
 
 
-def _transfer(archive: Archive, part: Path, timeout: float) -> None:
+def _transfer(
+    archive: Archive, part: Path, timeout: float, progress: ProgressCallback | None
+) -> None:
     """Download (or resume) ``archive`` into ``part`` once; raise _Interrupted on a cut."""
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(archive.url, headers={"User-Agent": "defectmap"})
@@ -191,7 +183,8 @@ def _transfer(archive: Archive, part: Path, timeout: float) -> None:
         received = 0
         with open(part, "ab" if append else "wb") as fh:
             try:
-                for block in track(_chunks(response), f"downloading {archive.filename}", total):
+                for block in track(_chunks(response), f"downloading {archive.filename}",
+                                   progress, total):
                     fh.write(block)
                     received += len(block)
             except (http.client.HTTPException, ConnectionError, TimeoutError) as exc:
@@ -200,7 +193,10 @@ def _transfer(archive: Archive, part: Path, timeout: float) -> None:
             raise _Interrupted(f"received {received} of {expected} bytes")
 
 
-def _fetch(archive: Archive, downloads: Path, timeout: float, retries: int) -> Path:
+def _fetch(
+    archive: Archive, downloads: Path, timeout: float, retries: int,
+    progress: ProgressCallback | None,
+) -> Path:
     """Return the verified archive file in ``downloads``, downloading or resuming it."""
     if archive.sha256 is None:
         raise DatasetError(
@@ -213,7 +209,7 @@ def _fetch(archive: Archive, downloads: Path, timeout: float, retries: int) -> P
     part = downloads / f"{archive.filename}.part"
     for attempt in range(retries + 1):
         try:
-            _transfer(archive, part, timeout)
+            _transfer(archive, part, timeout, progress)
             break
         except _Interrupted as exc:
             if attempt == retries:
@@ -235,7 +231,7 @@ def _fetch(archive: Archive, downloads: Path, timeout: float, retries: int) -> P
 
 def _extract(archive_file: Path, categories: list[str], root: Path) -> list[Path]:
     """Extract ``categories`` from ``archive_file`` into ``root``, one atomic rename each."""
-    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=root))
+    tmp = make_temp_dir(root, prefix=".extract-")
     try:
         try:
             with tarfile.open(archive_file, "r:*") as tar:
@@ -251,7 +247,7 @@ def _extract(archive_file: Path, categories: list[str], root: Path) -> list[Path
         for name in categories:
             target = root / name
             if not target.exists():
-                os.replace(tmp / name, target)
+                replace_dir(tmp / name, target)
             done.append(target)
         return done
     finally:
@@ -266,6 +262,7 @@ def download_mvtec(
     timeout: float = 30.0,
     retries: int = 3,
     keep_archives: bool = False,
+    progress: ProgressCallback | None = None,
 ) -> list[Path]:
     """Download and extract MVTec AD categories into ``root``.
 
@@ -278,6 +275,7 @@ def download_mvtec(
     timeout : seconds to wait for the server on connect and on each read.
     retries : automatic resumes after a transfer is cut in the middle.
     keep_archives : keep the verified archives in ``root/.downloads`` after extraction.
+    progress : reports ``(task, MiB done, MiB total)`` (see :mod:`defectmap.progress`).
 
     Returns
     -------
@@ -325,7 +323,7 @@ def download_mvtec(
             if base_url:
                 archive = replace(archive, url=f"{base_url.rstrip('/')}/{archive.filename}")
             downloads.mkdir(exist_ok=True)
-            archive_file = _fetch(archive, downloads, timeout, retries)
+            archive_file = _fetch(archive, downloads, timeout, retries, progress)
             _extract(archive_file, names, root)
             if not keep_archives:
                 archive_file.unlink(missing_ok=True)

@@ -19,6 +19,7 @@ Conversions
 from __future__ import annotations
 
 import io
+import warnings
 from os import PathLike
 from pathlib import Path
 from typing import IO, Literal
@@ -27,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from defectmap.constants import MAX_IMAGE_PIXELS
-from defectmap.errors import ImageReadError
+from defectmap.errors import ImageReadError, ImageTooLargeError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -37,6 +38,7 @@ __all__ = [
     "decode_image",
     "image_header",
     "image_size",
+    "probe_image",
     "read_image",
     "read_mask",
     "read_mask_values",
@@ -71,17 +73,25 @@ _READ_ERRORS = (
 
 
 def _open(source: _Source, name: str, max_pixels: int) -> Image.Image:
-    """Open ``source`` (header only) and refuse it when it has more than ``max_pixels``."""
+    """Open ``source`` (header only) and refuse it when it has more than ``max_pixels``.
+
+    Raises :class:`ImageTooLargeError` over the limit, :class:`ImageReadError` otherwise.
+    """
     try:
-        # Pillow warns above its own limit (~89 Mpx), higher than our default; the warning
-        # only shows when a caller raises max_pixels beyond it, and is harmless then.
-        im = Image.open(source)
+        with warnings.catch_warnings():
+            # Pillow warns above its own limit (~89 Mpx); the pixel check below decides.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(source)
     except FileNotFoundError as exc:
         raise ImageReadError(f"{name}: file not found") from exc
     except IsADirectoryError as exc:
         raise ImageReadError(f"{name}: is a directory, not an image") from exc
     except Image.DecompressionBombError as exc:
-        raise ImageReadError(f"{name}: refused, image too large ({exc})") from exc
+        raise ImageTooLargeError(f"{name}: refused, image too large ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageReadError(
+            f"{name}: not a readable image (unknown format; expected PNG, JPEG, BMP or TIFF)"
+        ) from exc
     except _READ_ERRORS as exc:
         raise ImageReadError(f"{name}: not a readable image ({exc})") from exc
     width, height = im.size
@@ -90,7 +100,7 @@ def _open(source: _Source, name: str, max_pixels: int) -> Image.Image:
         raise ImageReadError(f"{name}: invalid image size {width}x{height}")
     if width * height > max_pixels:
         im.close()
-        raise ImageReadError(
+        raise ImageTooLargeError(
             f"{name}: refused, image has {width}x{height} = {width * height} pixels, "
             f"more than the limit of {max_pixels} (possible decompression bomb)"
         )
@@ -157,7 +167,7 @@ def _read_tiff_fallback(path: Path, mode: Mode, max_pixels: int) -> np.ndarray:
             page = tif.pages[0]
             shape = page.shape  # type: ignore[union-attr]
             if int(np.prod(shape[:2])) > max_pixels:
-                raise ImageReadError(
+                raise ImageTooLargeError(
                     f"{name}: refused, image has {shape[1]}x{shape[0]} pixels, more than the "
                     f"limit of {max_pixels} (possible decompression bomb)"
                 )
@@ -250,11 +260,35 @@ def decode_image(
     if not data:
         raise ImageReadError(f"{name}: empty upload, no image data")
     if len(data) > max_bytes:
-        raise ImageReadError(
+        raise ImageTooLargeError(
             f"{name}: refused, upload has {len(data)} bytes, more than the limit of {max_bytes}"
         )
     im = _open(io.BytesIO(data), name, max_pixels)
     return _decode(im, name, mode)
+
+
+def probe_image(
+    data: bytes, name: str, max_pixels: int = MAX_IMAGE_PIXELS
+) -> tuple[int, int, str, str]:
+    """Read only the header of an image held in memory (an upload); decode nothing.
+
+    Returns
+    -------
+    tuple
+        ``(width, height, pillow_mode, format)``, format as Pillow names it (``"PNG"``...).
+
+    Raises
+    ------
+    ImageTooLargeError
+        Over ``max_pixels`` (a possible decompression bomb).
+    ImageReadError
+        Not an image of a known format, or an unreadable header.
+    """
+    im = _open(io.BytesIO(data), name, max_pixels)
+    try:
+        return im.size[0], im.size[1], im.mode, str(im.format)
+    finally:
+        im.close()
 
 
 def image_size(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:

@@ -32,6 +32,7 @@ allowed. Anything else is reported as an unexpected file by ``defectmap data che
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,7 @@ __all__ = [
     "load_category",
     "read_sample_mask",
     "scan_category",
+    "select_categories",
 ]
 
 #: In the ``folders`` layout, every n-th good image (by sorted name) becomes a test image.
@@ -128,6 +130,44 @@ def list_categories(root: str | Path) -> list[str]:
         raise DatasetError(f"{root}: dataset root not found or not a folder")
     return sorted(p.name for p in root.iterdir()
                   if p.is_dir() and _visible(p) and is_category_dir(p))
+
+
+def select_categories(
+    root: str | Path, categories: Sequence[str] | None = None, all_categories: bool = False
+) -> list[str]:
+    """The categories to run under a dataset root: named, all 15 official, or those on disk.
+
+    Parameters
+    ----------
+    root : dataset root holding one folder per category.
+    categories : names to run (they may be missing on disk; the runner reports them).
+    all_categories : the 15 official MVTec AD categories (missing ones included).
+
+    Returns
+    -------
+    list of str
+        ``categories`` as given, or :data:`~defectmap.constants.MVTEC_CATEGORIES`, or the
+        category folders found under ``root`` (sorted).
+
+    Raises
+    ------
+    DatasetError
+        ``root`` is not a folder, both ``categories`` and ``all_categories`` are given, or
+        nothing was named and ``root`` holds no category folder.
+    """
+    root = Path(root)
+    if categories and all_categories:
+        raise DatasetError("give either --category or --all, not both")
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset root does not exist or is not a folder")
+    if all_categories:
+        return list(MVTEC_CATEGORIES)
+    if categories:
+        return list(categories)
+    found = list_categories(root)
+    if not found:
+        raise DatasetError(f"{root}: no category folders found")
+    return found
 
 
 def _images_in(folder: Path, problems: list[Problem]) -> list[Path]:

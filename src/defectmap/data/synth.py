@@ -33,8 +33,6 @@ the same arguments give the same bytes (PNG encoding is deterministic).
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,8 +43,8 @@ from PIL import Image
 from scipy import ndimage
 
 from defectmap.errors import DatasetError
-from defectmap.files import make_temp_dir
-from defectmap.progress import track
+from defectmap.files import atomic_output_dir
+from defectmap.progress import ProgressCallback, track
 
 __all__ = [
     "DEFECT_TYPES",
@@ -389,6 +387,7 @@ def make_synthetic_dataset(
     grayscale: bool = False,
     seed: int = 0,
     overwrite: bool = False,
+    progress: ProgressCallback | None = None,
 ) -> Path:
     """Write a synthetic dataset in the MVTec AD layout and return its category folder.
 
@@ -404,6 +403,7 @@ def make_synthetic_dataset(
     grayscale : write 8-bit gray PNGs instead of RGB.
     seed : the same seed gives byte-identical files.
     overwrite : replace an existing ``out / category``; otherwise that is an error.
+    progress : reports ``(task, done, total)`` (see :mod:`defectmap.progress`).
 
     Returns
     -------
@@ -434,10 +434,9 @@ def make_synthetic_dataset(
         jobs.append(("test", name, per_type.get(name, 0), name))
         per_type[name] = per_type.get(name, 0) + 1
 
-    tmp = make_temp_dir(out, prefix=f".{category}.", suffix=".tmp")
-    try:
+    with atomic_output_dir(target, marker=None) as tmp:  # replaced only when complete
         for n, (split, folder, index, defect) in enumerate(
-            track(jobs, f"synthesising {category}", total=len(jobs))
+            track(jobs, f"synthesising {category}", progress)
         ):
             position = n if split == "train" else n - n_train
             _, image, mask = render_pair(kind, size, grayscale, seed,
@@ -448,10 +447,4 @@ def make_synthetic_dataset(
                           tmp / "ground_truth" / folder / f"{index:03d}_mask.png")
         (tmp / "train" / "good").mkdir(parents=True, exist_ok=True)
         (tmp / "test" / "good").mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target

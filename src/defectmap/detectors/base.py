@@ -32,7 +32,7 @@ from defectmap.features.backbones import Backbone, load_backbone
 from defectmap.features.preprocess import ImageInput, as_image_array, preprocess
 from defectmap.files import to_jsonable, write_bytes, write_text
 from defectmap.prediction import Prediction
-from defectmap.progress import track
+from defectmap.progress import ProgressCallback
 
 FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
@@ -106,19 +106,27 @@ def load_detector(directory: str | os.PathLike) -> Detector:
 
 
 def iter_batches(
-    images: Sequence[ImageInput], batch_size: int, description: str
+    images: Sequence[ImageInput],
+    batch_size: int,
+    description: str,
+    progress: ProgressCallback | None = None,
 ) -> Iterator[list[np.ndarray]]:
     """Yield lists of at most ``batch_size`` uint8 arrays; files are read lazily.
 
-    The one batching helper of every detector, with a progress bar over the batches.
+    The one batching helper of every detector. ``progress`` gets
+    ``(description, images done, len(images))`` after each batch (see
+    :mod:`defectmap.progress`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n = len(images)
-    starts = range(0, n, batch_size)
-    for start in track(starts, description, total=len(starts)):
+    if progress is not None:
+        progress(description, 0, n)
+    for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
         yield [as_image_array(images[i], i) for i in range(start, stop)]
+        if progress is not None:
+            progress(description, stop, n)
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -219,10 +227,18 @@ class Detector(ABC):
 
     # -- the verbs ----------------------------------------------------------------------
     @abstractmethod
-    def fit(self: D, images: Sequence[ImageInput]) -> D:
-        """Learn from defect-free images (arrays (H, W[, 3]) uint8 or paths); return self."""
+    def fit(self: D, images: Sequence[ImageInput], progress: ProgressCallback | None = None) -> D:
+        """Learn from defect-free images (arrays (H, W[, 3]) uint8 or paths); return self.
 
-    def predict(self, images: Sequence[ImageInput], batch_size: int = 1) -> Prediction:
+        ``progress`` (see :mod:`defectmap.progress`) goes to :meth:`_extract`.
+        """
+
+    def predict(
+        self,
+        images: Sequence[ImageInput],
+        batch_size: int = 1,
+        progress: ProgressCallback | None = None,
+    ) -> Prediction:
         """Score images and compute anomaly maps at each image's native size.
 
         Parameters
@@ -232,6 +248,7 @@ class Detector(ABC):
             image measured on a 2-core CPU (EfficientNet-Lite0 at 320 px: 28 ms/image at
             batch 1, 69 ms/image at batch 8: the depthwise convolutions are memory-bound,
             and larger batches fall out of cache).
+        progress : called as ``(task, images done, total)`` (see :mod:`defectmap.progress`).
 
         Returns
         -------
@@ -242,7 +259,7 @@ class Detector(ABC):
         scores: list[np.ndarray] = []
         maps: list[np.ndarray] = []
         with torch.inference_mode():
-            for batch in iter_batches(images, batch_size, f"Scoring with {self.name}"):
+            for batch in iter_batches(images, batch_size, f"Scoring with {self.name}", progress):
                 x = preprocess(batch, self.input_size, backbone.mean, backbone.std)
                 batch_scores, grid_maps = self._predict_batch(backbone(x))
                 sizes = [(img.shape[0], img.shape[1]) for img in batch]
@@ -346,10 +363,11 @@ class Detector(ABC):
     def _extract(
         self, images: Sequence[ImageInput], batch_size: int, description: str,
         embed: Callable[[list[torch.Tensor]], torch.Tensor],
+        progress: ProgressCallback | None = None,
     ) -> Iterator[torch.Tensor]:
         """Yield ``embed(backbone(batch))`` for each batch of images, without gradients."""
         backbone = self._backbone()
-        for batch in iter_batches(images, batch_size, description):
+        for batch in iter_batches(images, batch_size, description, progress):
             with torch.inference_mode():
                 x = preprocess(batch, self.input_size, backbone.mean, backbone.std)
                 yield embed(backbone(x))

@@ -37,6 +37,7 @@ from defectmap.detectors.base import Detector, register_detector
 from defectmap.detectors.neighbors import NearestNeighborIndex, greedy_coreset
 from defectmap.features.backbones import DEFAULT_BACKBONE
 from defectmap.features.preprocess import ImageInput
+from defectmap.progress import ProgressCallback
 
 _FIT_BATCH = 1  # measured: batch 1 is fastest per image on a 2-core CPU (see base)
 
@@ -117,7 +118,9 @@ class PatchCore(Detector):
     def _embed(self, features: list[torch.Tensor]) -> torch.Tensor:
         return aggregate_patches(features, self.n_features)
 
-    def fit(self, images: Sequence[ImageInput]) -> PatchCore:
+    def fit(
+        self, images: Sequence[ImageInput], progress: ProgressCallback | None = None
+    ) -> PatchCore:
         """Build the memory bank from defect-free images; return self."""
         if not 0.0 < self.coreset_ratio <= 1.0:
             raise ValueError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
@@ -128,7 +131,8 @@ class PatchCore(Detector):
             # extract -> accumulate
             chunks = [
                 emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])
-                for emb in self._extract(images, _FIT_BATCH, "PatchCore features", self._embed)
+                for emb in self._extract(images, _FIT_BATCH, "PatchCore features", self._embed,
+                                         progress)
             ]
             patches = torch.cat(chunks)
             del chunks

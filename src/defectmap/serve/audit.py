@@ -95,7 +95,8 @@ def parse_timestamp(text: str) -> str:
 class AuditRecord:
     """One decision as stored in the log (the service's JSON is built from it).
 
-    ``regions`` is a list of ``{"bbox": [x0, y0, x1, y1], "area": int, "peak": float}``;
+    ``regions`` is a list of :meth:`defectmap.calibrate.Region.to_dict` dicts (``bbox``, ``area``,
+    ``peak``, ``centroid``);
     ``thresholds`` maps threshold names to values (empty without calibration); the ``*_path``
     fields are relative to the database's folder, or ``None`` when nothing was stored.
     """

@@ -1,4 +1,8 @@
-"""Evaluate anomaly maps written by any method, in the official MVTec AD layout.
+"""Anomaly-map files (read any method's, write ours) and the metrics of a folder of them.
+
+:func:`write_map` writes defectmap's maps (float32 TIFF, the image's size);
+:func:`read_map` reads any method's; :func:`evaluate_maps_dir` computes the MVTec AD metrics
+of a maps folder against a dataset.
 
 Maps layout (as the official evaluation code expects)::
 
@@ -28,7 +32,7 @@ from defectmap.data.records import CategoryData, Sample
 from defectmap.errors import DatasetError, DefectmapError
 from defectmap.metrics import category_metrics
 from defectmap.metrics._input import check_fpr_limit
-from defectmap.progress import track
+from defectmap.progress import ProgressCallback, track
 
 #: Accepted map file suffixes (lower case).
 MAP_EXTENSIONS = (".tiff", ".tif", ".npy", ".png")
@@ -39,6 +43,19 @@ _MAX_LISTED = 20
 
 class MapFileError(DefectmapError, ValueError):
     """A map file is missing, unreadable, of the wrong size or holds NaN / inf values."""
+
+
+def write_map(path: str | Path, anomaly_map: np.ndarray) -> None:
+    """Write one anomaly map (H, W) as a float32 TIFF, creating the parent folders.
+
+    Meant for files inside a folder that :func:`defectmap.files.atomic_output_dir` renames
+    into place when complete, so the file itself is written directly.
+    """
+    import tifffile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, np.asarray(anomaly_map, dtype=np.float32))
 
 
 def read_map(path: str | Path) -> np.ndarray:
@@ -125,7 +142,7 @@ def _listing(paths: list[str]) -> str:
 
 
 def _load_category_maps(
-    data: CategoryData, test_dir: Path, warnings: list[str]
+    data: CategoryData, test_dir: Path, warnings: list[str], progress: ProgressCallback | None
 ) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
     """Maps and masks of every test sample, checked against the images' sizes."""
     from defectmap.data.io import image_size
@@ -145,7 +162,7 @@ def _load_category_maps(
 
     maps: list[np.ndarray] = []
     masks: list[np.ndarray | None] = []
-    for sample in track(data.test, f"reading maps of {data.name}", total=len(data.test)):
+    for sample in track(data.test, f"reading maps of {data.name}", progress):
         path = index[(sample.defect_type, sample.stem)]
         arr = read_map(path)
         width, height = image_size(sample.path)
@@ -168,6 +185,7 @@ def evaluate_category_maps(
     category: str,
     fpr_limit: float = DEFAULT_FPR_LIMIT,
     warnings: list[str] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Metrics of one category's maps (see :func:`defectmap.metrics.category_metrics`).
 
@@ -182,7 +200,7 @@ def evaluate_category_maps(
     if not data.test:
         raise DatasetError(f"{data.root}: no test images")
     maps, masks = _load_category_maps(
-        data, Path(maps_dir) / category / "test", [] if warnings is None else warnings
+        data, Path(maps_dir) / category / "test", [] if warnings is None else warnings, progress
     )
     labels = np.array([s.label for s in data.test])
     types = [s.defect_type for s in data.test]
@@ -196,6 +214,7 @@ def evaluate_maps_dir(
     dataset_root: str | Path,
     categories: list[str] | None = None,
     fpr_limit: float = DEFAULT_FPR_LIMIT,
+    progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Evaluate the maps of one or more categories against a dataset in MVTec AD layout.
 
@@ -205,6 +224,7 @@ def evaluate_maps_dir(
     dataset_root : dataset root holding the same categories (images and masks)
     categories : names to evaluate; default every category folder of ``maps_dir``
     fpr_limit : AU-PRO integration limit
+    progress : reports ``(task, done, total)`` while the maps are read
 
     Returns
     -------
@@ -227,7 +247,8 @@ def evaluate_maps_dir(
         if not (maps_dir / name).is_dir():
             raise MapFileError(f"{maps_dir / name}: no maps for category {name!r}")
     warnings: list[str] = []
-    results = {name: evaluate_category_maps(maps_dir, dataset_root, name, fpr_limit, warnings)
+    results = {name: evaluate_category_maps(maps_dir, dataset_root, name, fpr_limit, warnings,
+                                            progress)
                for name in categories}
     mean: dict[str, float | None] = {}
     for key in MEAN_KEYS:
