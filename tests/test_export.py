@@ -260,29 +260,69 @@ def test_detector_that_cannot_be_traced_is_refused(numpy_scorer, tmp_path: Path)
         _NumpyScorer.name)
 
 
-TORCH_FREE = """
+TORCH_FREE = r"""
 import json, sys
 for name in ("torch", "torchvision", "timm", "onnx", "onnxscript", "faiss"):
     sys.modules[name] = None  # importing any of them now raises ImportError
+export_dir, out, db, root, *paths = sys.argv[1:]
+from defectmap.cli import run_app
 from defectmap.runtime import ExportedModel
+
+rows = {}
 for runtime in ("onnxruntime", "openvino"):
-    prediction = ExportedModel(sys.argv[1], runtime=runtime).predict(sys.argv[2:])
-    print(json.dumps({"runtime": runtime, "scores": prediction.scores.tolist(),
-                      "shapes": [list(m.shape) for m in prediction.maps]}))
+    prediction = ExportedModel(export_dir, runtime=runtime).predict(paths)
+    rows[runtime] = prediction.scores.tolist()
+code = run_app(["predict", export_dir, *paths, "--out", out])  # default runtime
+fit_code = run_app(["fit", root, "--category", "synthetic", "--out", out + "-model"])
+
+from fastapi.testclient import TestClient
+from defectmap.serve import create_app
+
+app = create_app(export_dir, db_path=db, runtime="openvino")
+with TestClient(app) as client:
+    with open(paths[0], "rb") as fh:
+        answer = client.post("/v1/inspect", files={"image": ("part.png", fh, "image/png")})
+    model = client.get("/v1/model").json()
+print(json.dumps({"scores": rows, "predict": code, "fit": fit_code,
+                  "status": answer.status_code, "inspection": answer.json(),
+                  "model": model, "torch": sys.modules["torch"] is None}))
 """
 
 
-def test_runtime_runs_with_torch_blocked(patchcore_export, category) -> None:
+def test_runtime_predicts_and_serves_with_torch_blocked(patchcore_export, category,
+                                                        synthetic_root: Path,
+                                                        tmp_path: Path) -> None:
     import subprocess
     import sys
 
     paths = [str(s.path) for s in category.test[:3]]
-    done = subprocess.run([sys.executable, "-c", TORCH_FREE, str(patchcore_export), *paths],
-                          capture_output=True, text=True, timeout=300, check=False)
+    out, db = tmp_path / "predictions", tmp_path / "audit.sqlite3"
+    argv = [str(patchcore_export), str(out), str(db), str(synthetic_root), *paths]
+    done = subprocess.run([sys.executable, "-c", TORCH_FREE, *argv], capture_output=True,
+                          text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
-    reference = ExportedModel(patchcore_export, runtime="onnxruntime").predict(paths)
-    rows = [json.loads(line) for line in done.stdout.splitlines()]
-    assert [r["runtime"] for r in rows] == ["onnxruntime", "openvino"]
-    for row in rows:
-        np.testing.assert_allclose(row["scores"], reference.scores, rtol=PARITY_RTOL)
-        assert row["shapes"] == [list(m.shape) for m in reference.maps]
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["torch"] is True  # nothing managed to import torch
+    torch_model = load_model(patchcore_export, runtime="torch")
+    reference = torch_model.inspect(paths)
+    ref_scores = [r.score for r in reference]
+    for runtime in ("onnxruntime", "openvino"):
+        np.testing.assert_allclose(result["scores"][runtime], ref_scores, rtol=PARITY_RTOL)
+    # predict: the same folder of results as the torch path, decisions identical
+    assert result["predict"] == 0
+    rows = json.loads((out / "results.json").read_text())
+    rows = rows["results"] if isinstance(rows, dict) else rows
+    assert [r["decision"] for r in rows] == [r.decision for r in reference]
+    np.testing.assert_allclose([r["score"] for r in rows], ref_scores, rtol=PARITY_RTOL)
+    assert (out / "maps").is_dir() and (out / "overlays").is_dir()
+    # fit needs torch: exit 1 with one line naming the extra
+    assert result["fit"] == 1
+    assert "pip install 'defectmap[train]'" in done.stderr
+    assert len([line for line in done.stderr.splitlines() if "error:" in line]) == 1
+    # serve: an inspection answered by OpenVINO, logged with the model's hash
+    assert result["status"] == 200, result["inspection"]
+    inspection = result["inspection"]
+    assert inspection["decision"] == reference[0].decision
+    assert inspection["score"] == pytest.approx(reference[0].score, rel=PARITY_RTOL)
+    assert result["model"]["runtime"] == "openvino"
+    assert inspection["model"]["hash"] == torch_model.model_hash

@@ -34,7 +34,7 @@ import os
 import re
 import shutil
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,17 +44,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from defectmap import __version__
+from defectmap.constants import EXPORT_FORMATS, EXPORT_INPUTS
 from defectmap.detectors.base import Detector, upsample_blur_matrix
 from defectmap.detectors.neighbors import NearestNeighborIndex
 from defectmap.errors import DefectmapError
 from defectmap.features.preprocess import preprocess
 from defectmap.files import make_temp_dir
+from defectmap.progress import ProgressCallback, track
 from defectmap.runtime.manifest import write_manifest
 
 __all__ = [
     "BANK_CHUNK_ROWS",
     "EXPORT_FORMATS",
-    "INPUT_KINDS",
+    "EXPORT_INPUTS",
     "PARITY_RTOL",
     "ExportError",
     "GraphNeighbors",
@@ -65,8 +67,6 @@ __all__ = [
     "parity",
 ]
 
-EXPORT_FORMATS = ("onnx", "openvino")
-INPUT_KINDS = ("normalized", "pixels")
 #: Largest relative difference allowed between torch and an exported runtime.
 PARITY_RTOL = 1e-4
 #: Bank rows per chunk of the in-graph search: at most B x 1,600 x 8,192 float32 distances
@@ -352,7 +352,7 @@ def export_model(
     format: str = "onnx",
     input: str = "normalized",
     fp16: bool = False,
-    on_progress: Callable[[str], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Export a fitted model folder to ``out_dir`` (created; it must not exist).
 
@@ -366,7 +366,7 @@ def export_model(
         graph) or ``"pixels"`` (uint8 input, resize and normalisation in the graph; ONNX
         only: OpenVINO's antialiased resize does not reproduce torch's).
     fp16 : also write an FP16-compressed OpenVINO IR (its parity is measured, not enforced).
-    on_progress : called with a short description at the start of each step.
+    progress : reports each step as a task of one item (see :mod:`defectmap.progress`).
 
     Returns
     -------
@@ -381,11 +381,10 @@ def export_model(
     from defectmap.pipeline import load_model
     from defectmap.runtime import ExportedModel
 
-    step = on_progress or (lambda _message: None)
     if format not in EXPORT_FORMATS:
         raise ExportError(f"unknown format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
-    if input not in INPUT_KINDS:
-        raise ExportError(f"unknown input {input!r}; choose one of {', '.join(INPUT_KINDS)}")
+    if input not in EXPORT_INPUTS:
+        raise ExportError(f"unknown input {input!r}; choose one of {', '.join(EXPORT_INPUTS)}")
     if format == "openvino" and input == "pixels":
         raise ExportError("--input pixels is ONNX-only: OpenVINO's antialiased resize does not "
                           "reproduce torch's; export --input normalized")
@@ -395,31 +394,33 @@ def export_model(
     if out.exists() or out.is_symlink():
         raise ExportError(f"{out}: already exists; choose a new output folder")
     source = Path(model_dir)
-    step("loading the model")
-    model = load_model(source)  # ModelFileError for a missing, corrupt or unfitted model
+    with _step(progress, "Exporting: loading the model"):
+        # ModelFileError for a missing, corrupt or unfitted model
+        model = load_model(source, runtime="torch")
     detector = model.detector
+    assert isinstance(detector, Detector)  # the torch runtime loads a detector
     if not out.parent.is_dir():
         raise ExportError(f"{out.parent}: parent folder does not exist")
     tmp = make_temp_dir(out.parent, prefix=f".{out.name}.tmp-")
     try:
-        manifest = _build(detector, source, tmp, format, input, fp16, step)
+        manifest = _build(detector, source, tmp, format, input, fp16, progress)
         manifest["source_model_hash"] = model.model_hash
         write_manifest(tmp, manifest)
-        step("checking parity with torch")
         images = check_images(detector.input_size)
         reference = ScoringGraph(detector, trace=False)
         checks: dict[str, Any] = {"images": [list(im.shape) for im in images],
                                   "rtol": PARITY_RTOL}
-        for runtime, files in manifest["runtimes"].items():
-            for precision in files:
-                session = ExportedModel(tmp, runtime=runtime, precision=precision)
-                figures = {**network_map_parity(reference, session, images),
-                           **parity(detector, session, images)}
-                checks[f"{runtime}/{precision}"] = figures
-                worst = max(figures.values())
-                if precision == "fp32" and not worst <= PARITY_RTOL:
-                    raise ExportError(f"parity check failed: {runtime} differs from torch by "
-                                      f"{worst:.3g} relative (> {PARITY_RTOL:g}): {figures}")
+        graphs = [(r, p) for r, files in manifest["runtimes"].items() for p in files]
+        for runtime, precision in track(graphs, "Exporting: checking parity with torch",
+                                        progress):
+            session = ExportedModel(tmp, runtime=runtime, precision=precision)
+            figures = {**network_map_parity(reference, session, images),
+                       **parity(detector, session, images)}
+            checks[f"{runtime}/{precision}"] = figures
+            worst = max(figures.values())
+            if precision == "fp32" and not worst <= PARITY_RTOL:
+                raise ExportError(f"parity check failed: {runtime} differs from torch by "
+                                  f"{worst:.3g} relative (> {PARITY_RTOL:g}): {figures}")
         manifest["parity"] = checks
         written = write_manifest(tmp, manifest)
         os.rename(tmp, out)  # fails rather than replace a folder that appeared meanwhile
@@ -429,35 +430,45 @@ def export_model(
     return written
 
 
+@contextlib.contextmanager
+def _step(progress: ProgressCallback | None, task: str) -> Iterator[None]:
+    """Report one step as a task of one item: started, then done."""
+    if progress is not None:
+        progress(task, 0, 1)
+    yield
+    if progress is not None:
+        progress(task, 1, 1)
+
+
 def _build(
     detector: Detector, source: Path, tmp: Path, format: str, input: str, fp16: bool,
-    step: Callable[[str], None],
+    progress: ProgressCallback | None,
 ) -> dict[str, Any]:
     """Write the graph files and copy the model files into ``tmp``; return the manifest."""
-    step("tracing the graph")
-    scoring = ScoringGraph(detector)
-    backbone = scoring.backbone
-    size = scoring.input_size
-    if input == "pixels":
-        graph: nn.Module = PixelGraph(scoring)
-        example = torch.zeros(2, size + 3, size + 5, 3, dtype=torch.uint8)
-        dynamic = {0: "batch", 1: "height", 2: "width"}
-    else:
-        graph = scoring
-        example = torch.zeros(2, 3, size, size)
-        dynamic = {0: "batch"}
-    try:
-        to_onnx(graph, (example,), tmp / _ONNX_FILE, [_INPUT_NAMES[input]], [dynamic])
-    except ExportError as exc:
-        raise ExportError(f"{source}: the {detector.name} detector cannot be exported ({exc})"
-                          ) from exc
+    with _step(progress, "Exporting: tracing the graph"):
+        scoring = ScoringGraph(detector)
+        size = scoring.input_size
+        if input == "pixels":
+            graph: nn.Module = PixelGraph(scoring)
+            example = torch.zeros(2, size + 3, size + 5, 3, dtype=torch.uint8)
+            dynamic = {0: "batch", 1: "height", 2: "width"}
+        else:
+            graph = scoring
+            example = torch.zeros(2, 3, size, size)
+            dynamic = {0: "batch"}
+        try:
+            to_onnx(graph, (example,), tmp / _ONNX_FILE, [_INPUT_NAMES[input]], [dynamic])
+        except ExportError as exc:
+            raise ExportError(f"{source}: the {detector.name} detector cannot be exported "
+                              f"({exc})") from exc
     runtimes: dict[str, dict[str, str]] = {"onnxruntime": {"fp32": _ONNX_FILE}}
     if format == "openvino":
-        step("converting to OpenVINO")
-        runtimes["openvino"] = to_openvino(tmp / _ONNX_FILE, tmp, fp16)
+        with _step(progress, "Exporting: converting to OpenVINO"):
+            runtimes["openvino"] = to_openvino(tmp / _ONNX_FILE, tmp, fp16)
     for name in MODEL_FILES:
         if (source / name).is_file():
             shutil.copy2(source / name, tmp / name)
+    backbone = scoring.backbone
     return {
         "defectmap_version": __version__,
         "detector": detector.name,
@@ -485,4 +496,3 @@ def _build(
         "postprocess": {"native_resize": "bilinear, no antialiasing, align_corners=False"},
         "runtimes": runtimes,
     }
-

@@ -25,6 +25,9 @@ console = Console()
 err_console = Console(stderr=True)
 
 _DEBUG_ENV = "DEFECTMAP_DEBUG"
+#: The pip extra that installs each optional top-level module (see pyproject.toml).
+_EXTRA_OF = {"torch": "train", "torchvision": "train", "timm": "train", "onnx": "export",
+             "onnxscript": "export", "onnxruntime": "runtime", "openvino": "openvino"}
 #: Exit code after Ctrl-C (128 + SIGINT), as shells report it.
 EXIT_INTERRUPTED = 130
 
@@ -63,17 +66,27 @@ def run_app(argv: list[str]) -> int:
         return 1
     except SystemExit as exc:  # typer.Exit inside commands
         return int(exc.code or 0)
+    except ImportError as exc:  # an optional dependency of this command is not installed
+        module = (exc.name or "").split(".")[0]
+        if module not in _EXTRA_OF or debug or os.environ.get(_DEBUG_ENV):
+            raise
+        hint = escape(f"pip install 'defectmap[{_EXTRA_OF[module]}]'")
+        err_console.print(f"[red]error:[/red] this command needs {module}, which is not "
+                          f"installed: {hint}", highlight=False, soft_wrap=True)
+        return 1
     except Exception as exc:  # click usage errors and the like
         import click
 
-        if isinstance(exc, click.exceptions.Exit):
-            return int(exc.exit_code)
-        if isinstance(exc, click.ClickException):
-            exc.show(file=sys.stderr)
-            return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, click.exceptions.Abort | typer.Abort):
             return _interrupted()  # click turns Ctrl-C into Abort
-        raise
+        # Exit and usage errors, from click or from the copy of click inside typer >= 0.2x
+        # (whose BadParameter is not a click.ClickException): they carry their exit code.
+        code = getattr(exc, "exit_code", None)
+        if not isinstance(code, int):
+            raise
+        if hasattr(exc, "show"):
+            exc.show(file=sys.stderr)
+        return code
     if result == EXIT_INTERRUPTED:
         # typer catches KeyboardInterrupt itself and returns 130 without a word.
         return _interrupted()

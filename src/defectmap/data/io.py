@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import IO, Literal
@@ -29,6 +30,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from defectmap.constants import MAX_IMAGE_PIXELS
 from defectmap.errors import ImageReadError, ImageTooLargeError
+from defectmap.progress import ProgressCallback
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -38,6 +40,7 @@ __all__ = [
     "decode_image",
     "image_header",
     "image_size",
+    "iter_batches",
     "probe_image",
     "read_image",
     "read_mask",
@@ -404,3 +407,27 @@ def as_image_array(image: ImageInput, index: int = 0) -> np.ndarray:
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise ImageReadError(f"image #{index}: empty image of shape {image.shape}")
     return image
+
+
+def iter_batches(
+    images: Sequence[ImageInput],
+    batch_size: int,
+    description: str,
+    progress: ProgressCallback | None = None,
+) -> Iterator[list[np.ndarray]]:
+    """Yield lists of at most ``batch_size`` uint8 arrays; files are read lazily.
+
+    The one batching helper of every scorer (detectors and exported runtimes). ``progress`` gets
+    ``(description, images done, len(images))`` after each batch (see
+    :mod:`defectmap.progress`).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n = len(images)
+    if progress is not None:
+        progress(description, 0, n)
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        yield [as_image_array(images[i], i) for i in range(start, stop)]
+        if progress is not None:
+            progress(description, stop, n)

@@ -21,9 +21,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from defectmap.data.download import sha256_file
 from defectmap.errors import ModelFileError
-from defectmap.files import write_json
+from defectmap.files import sha256_file, write_json
 
 __all__ = [
     "EXPORT_FILE",

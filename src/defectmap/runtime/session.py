@@ -19,15 +19,17 @@ One prediction is three steps, kept apart so that benchmarks can time them:
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from defectmap.data.io import ImageInput, as_image_array
+from defectmap.constants import RUNTIMES
+from defectmap.data.io import ImageInput, iter_batches
 from defectmap.errors import DefectmapError, ModelFileError
 from defectmap.prediction import Prediction
+from defectmap.progress import ProgressCallback
 from defectmap.runtime.manifest import read_manifest
 from defectmap.runtime.resample import preprocess, resize_maps
 
@@ -42,8 +44,6 @@ __all__ = [
     "supported_runtimes",
 ]
 
-#: Every runtime, by its ``--runtime`` name.
-RUNTIMES = ("torch", "onnxruntime", "openvino")
 #: The runtimes that run an exported graph (this module); torch runs the detector itself.
 GRAPH_RUNTIMES = ("onnxruntime", "openvino")
 #: Preference of the default runtime, fastest first (``benchmarks/runtime.py`` on bottle).
@@ -245,7 +245,12 @@ class ExportedModel:
             scores = np.array([m.max() for m in native], dtype=np.float32)
         return scores, native
 
-    def predict(self, images: Sequence[ImageInput], batch_size: int = 1) -> Prediction:
+    def predict(
+        self,
+        images: Sequence[ImageInput],
+        batch_size: int = 1,
+        progress: ProgressCallback | None = None,
+    ) -> Prediction:
         """Score images and compute anomaly maps at each image's native size.
 
         Parameters
@@ -253,6 +258,7 @@ class ExportedModel:
         images : uint8 arrays (H_i, W_i) or (H_i, W_i, 3), or image file paths.
         batch_size : images per graph run (a pixel-input graph also splits a batch where the
             image size changes).
+        progress : called as ``(task, images done, total)`` (see :mod:`defectmap.progress`).
 
         Returns
         -------
@@ -260,28 +266,27 @@ class ExportedModel:
         """
         scores: list[np.ndarray] = []
         maps: list[np.ndarray] = []
-        for batch in self._batches(images, batch_size):
-            sizes = [(im.shape[0], im.shape[1]) for im in batch]
-            batch_scores, native = self.finish(*self.run(self.prepare(batch)), sizes)
-            scores.append(batch_scores)
-            maps.extend(native)
+        task = f"Scoring with {self.name} on {self.runtime}"
+        for batch in iter_batches(images, batch_size, task, progress):
+            for run in self._runs(batch):
+                sizes = [(im.shape[0], im.shape[1]) for im in run]
+                run_scores, native = self.finish(*self.run(self.prepare(run)), sizes)
+                scores.append(run_scores)
+                maps.extend(native)
         all_scores = np.concatenate(scores) if scores else np.zeros(0, np.float32)
         return Prediction(scores=all_scores, maps=maps)
 
-    def _batches(self, images: Sequence[ImageInput], batch_size: int) -> Iterator[list[np.ndarray]]:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        batch: list[np.ndarray] = []
-        for index, image in enumerate(images):
-            array = as_image_array(image, index)
-            same_size = not batch or batch[0].shape[:2] == array.shape[:2]
-            if batch and (len(batch) == batch_size or
-                          (self.input_kind == "pixels" and not same_size)):
-                yield batch
-                batch = []
-            batch.append(array)
-        if batch:
-            yield batch
+    def _runs(self, batch: list[np.ndarray]) -> list[list[np.ndarray]]:
+        """The batch itself; for a pixel graph, its runs of images of one size."""
+        if self.input_kind != "pixels":
+            return [batch]
+        runs = [[batch[0]]]
+        for image in batch[1:]:
+            if image.shape[:2] == runs[-1][0].shape[:2]:
+                runs[-1].append(image)
+            else:
+                runs.append([image])
+        return runs
 
 
 def choose_order(directory: str | Path) -> list[str]:
