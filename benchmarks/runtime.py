@@ -20,10 +20,10 @@ Usage::
 
     .venv/bin/python benchmarks/runtime.py [--root ../shared/data/mvtec_ad/bottle]
         [--model DIR] [--work runs/runtime-bench] [--threads 1 2] [--n-images 16]
-        [--repeats 5] [--skip-parity] [--json out.json]
+        [--repeats 5] [--skip-parity] [--reuse-exports] [--json out.json]
 
 Without ``--model`` it fits the default PatchCore on bottle into ``WORK/model`` (kept for
-later runs). Exports are cached in ``WORK`` and redone when the model changes. Timings on a
+later runs). The exports are redone on every run (``--reuse-exports`` keeps them). Timings on a
 shared machine are inflated; the ratios inside one run are what to compare.
 """
 
@@ -50,21 +50,29 @@ STAGES = ("decode", "preprocess", "network", "search", "post")
 
 # ----------------------------------------------------------------------------- set-up
 def ensure_model(root: Path, work: Path, model_dir: Path | None) -> Path:
-    """The model to benchmark: ``--model``, or the default PatchCore fitted on bottle."""
+    """The model to benchmark: ``--model``, or the default PatchCore fitted on bottle (refitted
+    when the defaults changed since the last run)."""
     if model_dir is not None:
         return model_dir
-    target = work / "model"
-    if not (target / "model.json").is_file():
-        from defectmap.data.mvtec import load_category
-        from defectmap.pipeline import train_model
+    from defectmap.detectors import create_detector
+    from defectmap.detectors.base import read_model_json
+    from defectmap.files import to_jsonable
 
-        print(f"fitting the default PatchCore on {root} into {target} ...", flush=True)
-        train_model(load_category(root), target, alpha=0.05)
+    target = work / "model"
+    defaults = to_jsonable(create_detector("patchcore").get_params())
+    if (target / "model.json").is_file() and read_model_json(target)["params"] == defaults:
+        return target
+    from defectmap.data.mvtec import load_category
+    from defectmap.pipeline import train_model
+
+    print(f"fitting the default PatchCore on {root} into {target} ...", flush=True)
+    train_model(load_category(root), target, alpha=0.05)
     return target
 
 
-def ensure_export(model_dir: Path, out: Path, **options: Any) -> Path:
-    """Export ``model_dir`` to ``out`` unless ``out`` already holds its export."""
+def ensure_export(model_dir: Path, out: Path, reuse: bool, **options: Any) -> Path:
+    """Export ``model_dir`` to ``out`` (again: the export code may have changed), or with
+    ``reuse`` keep an export of the same model that is already there."""
     from defectmap.export import export_model
     from defectmap.pipeline import load_model
     from defectmap.runtime import read_manifest
@@ -72,9 +80,9 @@ def ensure_export(model_dir: Path, out: Path, **options: Any) -> Path:
     model_hash = load_model(model_dir).model_hash
     if out.exists():
         try:
-            if read_manifest(out)["source_model_hash"] == model_hash:
+            if reuse and read_manifest(out)["source_model_hash"] == model_hash:
                 return out
-        except Exception:  # stale or damaged cache: export again
+        except Exception:  # damaged: export again
             pass
         shutil.rmtree(out)
     start = time.perf_counter()
@@ -83,11 +91,12 @@ def ensure_export(model_dir: Path, out: Path, **options: Any) -> Path:
     return out
 
 
-def stage_graphs(model_dir: Path, export_dir: Path, work: Path) -> dict[str, dict[str, Any]]:
+def stage_graphs(model_dir: Path, export_dir: Path, work: Path,
+                 reuse: bool) -> dict[str, dict[str, Any]]:
     """Backbone, scoring and upsampling as separate graphs, per graph runtime (for the split).
 
     Returns ``{runtime: {"backbone": fn, "scoring": fn, "upsample": fn}}`` where each fn
-    maps NumPy inputs to NumPy outputs; built under ``WORK/stages`` (cached per model).
+    maps NumPy inputs to NumPy outputs; built under ``WORK/stages`` (kept with ``reuse``).
     """
     import torch
     from torch import nn
@@ -148,7 +157,7 @@ def stage_graphs(model_dir: Path, export_dir: Path, work: Path) -> dict[str, dic
                     [{0: "batch"}] * n_feat, ["score", "grid"]),
         "upsample": (Upsample(), (grid,), ["grid"], [{0: "batch"}], ["map"]),
     }
-    if not (stamp.is_file() and stamp.read_text() == model_hash):
+    if not (reuse and stamp.is_file() and stamp.read_text() == model_hash):
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         for name, (module, examples, inputs, dynamic, outputs) in specs.items():
@@ -421,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-images", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-parity", action="store_true")
+    parser.add_argument("--reuse-exports", action="store_true",
+                        help="keep the exports of an earlier run of the same model")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     if not args.root.is_dir():
@@ -429,12 +440,12 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     model_dir = ensure_model(args.root, args.work, args.model)
     exports = {
-        "normalized": ensure_export(model_dir, args.work / "export", format="openvino",
-                                    fp16=True),
-        "pixels": ensure_export(model_dir, args.work / "export-pixels", format="onnx",
-                                input="pixels"),
+        "normalized": ensure_export(model_dir, args.work / "export", args.reuse_exports,
+                                    format="openvino", fp16=True),
+        "pixels": ensure_export(model_dir, args.work / "export-pixels", args.reuse_exports,
+                                format="onnx", input="pixels"),
     }
-    stages = stage_graphs(model_dir, exports["normalized"], args.work)
+    stages = stage_graphs(model_dir, exports["normalized"], args.work, args.reuse_exports)
     parity = None if args.skip_parity else parity_section(model_dir, exports, args.root)
     speed = speed_section(model_dir, exports["normalized"], exports["pixels"], stages,
                           args.root, args.threads, args.n_images, args.repeats)
