@@ -401,7 +401,7 @@ def print_report(parity: dict[str, Any] | None, speed: list[dict[str, Any]]) -> 
     print("\n## ms per image (decode + preprocess + network + search + post = split; "
           "total = decode + predict, measured)\n")
     print("| threads | batch | runtime | decode | preprocess | network | search | post | "
-          "total | floor (decode + network) | total / torch total |")
+          "total | floor (decode + network) | speed-up of the total vs torch |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     torch_total = {(r["threads"], r["batch"]): r["total"] for r in speed if r["runtime"] == "torch"}
     for r in speed:
@@ -409,7 +409,7 @@ def print_report(parity: dict[str, Any] | None, speed: list[dict[str, Any]]) -> 
         print(f"| {r['threads']} | {r['batch']} | {r['runtime']} | {fmt(r['decode'])} | "
               f"{fmt(r.get('preprocess'))} | {fmt(r.get('network'))} | {fmt(r.get('search'))} | "
               f"{fmt(r.get('post'))} | {fmt(r['total'])} | {fmt(r.get('floor'))} | "
-              f"{ratio:.2f}x faster |")
+              f"{ratio:.2f}x |")
     for threads in sorted({r["threads"] for r in speed}):
         b1 = [r for r in speed if r["threads"] == threads and r["batch"] == 1]
         best = min(b1, key=lambda r: r["total"])

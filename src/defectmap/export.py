@@ -4,12 +4,12 @@ The graph is traced from the detector's own torch code, so it follows whatever t
 detector computes: the backbone, the detector's ``_predict_batch`` (patch embedding,
 distances, scoring) and the upsampling + Gaussian blur of
 :func:`defectmap.detectors.base.maps_to_native` as its two matrix products. One change is
-made for the trace: each :class:`~defectmap.detectors.neighbors.NearestNeighborIndex`
-(faiss or chunked torch, neither of which traces into a graph) is replaced by
-:class:`GraphNeighbors`, the same exact search written as matrix products
-(``||a||^2 - 2 a.b + ||b||^2``) over the memory bank, embedded as a constant and split into
-chunks of :data:`BANK_CHUNK_ROWS` rows so that a large bank never needs one
-queries x bank matrix.
+made for the trace: each :class:`~defectmap.detectors.neighbors.NearestNeighborIndex` is
+replaced by :class:`GraphNeighbors` (faiss does not trace, and the torch search's loop over
+query chunks would freeze the batch size into the graph): the same exact search written as
+matrix products (``||a||^2 - 2 a.b + ||b||^2``) over the memory bank, embedded as a
+constant and split into chunks of :data:`BANK_CHUNK_ROWS` rows so that a large bank never
+needs one queries x bank matrix.
 
 Graph: input ``input`` float32 (B, 3, S, S), normalised as the backbone expects (or, with
 ``input="pixels"``, uint8 (B, H, W, 3) with the antialiased resize and normalisation in the
@@ -64,7 +64,10 @@ __all__ = [
     "ScoringGraph",
     "check_images",
     "export_model",
+    "network_map_parity",
     "parity",
+    "to_onnx",
+    "to_openvino",
 ]
 
 #: Largest relative difference allowed between torch and an exported runtime.
@@ -263,6 +266,11 @@ def to_onnx(
     ------
     ExportError : the graph cannot be traced or translated; the message gives the reason.
     """
+    # The exporter needs both; imported here so that a missing one fails as ImportError
+    # naming it (the CLI then names the extra to install), not inside the exporter.
+    import onnx  # noqa: F401
+    import onnxscript  # noqa: F401
+
     dims = {name: torch.export.Dim(name, min=1 if name == "batch" else 2, max=16384)
             for axes in dynamic for name in axes.values()}
     shapes = tuple({axis: dims[name] for axis, name in axes.items()} for axes in dynamic)
