@@ -120,3 +120,18 @@ def test_choose_runtime(tmp_path: Path) -> None:
         choose_runtime(folder, "tensorrt")
     with pytest.raises(RuntimeUnavailableError, match="not exported for onnxruntime"):
         choose_runtime(tmp_path, "onnxruntime")
+
+
+def test_a_runtime_that_is_not_installed_names_its_extra(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    folder = tmp_path / "export"
+    _fake_export(folder)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    with pytest.raises(RuntimeUnavailableError,
+                       match=r"'onnxruntime' is not installed: pip install 'defectmap\[runtime\]'"):
+        choose_runtime(folder, "onnxruntime")
+    assert choose_runtime(folder) == "torch"  # the only runtime of this folder still installed

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from defectmap.constants import EXTRA_OF_MODULE
 from defectmap.errors import DefectmapError
 
 app = typer.Typer(
@@ -25,9 +26,6 @@ console = Console()
 err_console = Console(stderr=True)
 
 _DEBUG_ENV = "DEFECTMAP_DEBUG"
-#: The pip extra that installs each optional top-level module (see pyproject.toml).
-_EXTRA_OF = {"torch": "train", "torchvision": "train", "timm": "train", "onnx": "export",
-             "onnxscript": "export", "onnxruntime": "runtime", "openvino": "openvino"}
 #: Exit code after Ctrl-C (128 + SIGINT), as shells report it.
 EXIT_INTERRUPTED = 130
 
@@ -68,9 +66,9 @@ def run_app(argv: list[str]) -> int:
         return int(exc.code or 0)
     except ImportError as exc:  # an optional dependency of this command is not installed
         module = (exc.name or "").split(".")[0]
-        if module not in _EXTRA_OF or debug or os.environ.get(_DEBUG_ENV):
+        if module not in EXTRA_OF_MODULE or debug or os.environ.get(_DEBUG_ENV):
             raise
-        hint = escape(f"pip install 'defectmap[{_EXTRA_OF[module]}]'")
+        hint = escape(f"pip install 'defectmap[{EXTRA_OF_MODULE[module]}]'")
         err_console.print(f"[red]error:[/red] this command needs {module}, which is not "
                           f"installed: {hint}", highlight=False, soft_wrap=True)
         return 1

@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from defectmap.constants import RUNTIMES
+from defectmap.constants import EXTRA_OF_MODULE, RUNTIMES
 from defectmap.data.io import ImageInput, iter_batches
 from defectmap.errors import DefectmapError, ModelFileError
 from defectmap.prediction import Prediction
 from defectmap.progress import ProgressCallback
-from defectmap.runtime.manifest import read_manifest
+from defectmap.runtime.manifest import is_export_dir, read_manifest
 from defectmap.runtime.resample import preprocess, resize_maps
 
 __all__ = [
@@ -48,9 +48,6 @@ __all__ = [
 GRAPH_RUNTIMES = ("onnxruntime", "openvino")
 #: Preference of the default runtime, fastest first (``benchmarks/runtime.py`` on bottle).
 FASTEST_FIRST = ("onnxruntime", "openvino", "torch")
-#: The Python module and the pip extra behind each runtime.
-_MODULES = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino"}
-_EXTRAS = {"torch": "train", "onnxruntime": "runtime", "openvino": "openvino"}
 
 
 class RuntimeUnavailableError(DefectmapError, RuntimeError):
@@ -59,13 +56,11 @@ class RuntimeUnavailableError(DefectmapError, RuntimeError):
 
 def installed_runtimes() -> list[str]:
     """The runtimes whose Python package is importable (found, not imported)."""
-    return [name for name in RUNTIMES if importlib.util.find_spec(_MODULES[name]) is not None]
+    return [name for name in RUNTIMES if importlib.util.find_spec(name) is not None]
 
 
 def supported_runtimes(directory: str | Path) -> list[str]:
     """The runtimes a model folder can run on: torch, plus the graphs of an export."""
-    from defectmap.runtime.manifest import is_export_dir
-
     folder = Path(directory)
     if not is_export_dir(folder):
         return ["torch"]
@@ -102,7 +97,8 @@ def choose_runtime(directory: str | Path, requested: str | None = None) -> str:
 
 
 def _not_installed(runtime: str) -> str:
-    return (f"runtime {runtime!r} is not installed: pip install 'defectmap[{_EXTRAS[runtime]}]'")
+    extra = EXTRA_OF_MODULE[runtime]
+    return f"runtime {runtime!r} is not installed: pip install 'defectmap[{extra}]'"
 
 
 class _OnnxRuntime:
