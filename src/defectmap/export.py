@@ -475,6 +475,13 @@ def export_model(
     return written
 
 
+def _score_is_map_max(detector: Detector) -> bool:
+    """Whether the detector's image score is the maximum of its native-size map (then the
+    runtime takes it there, as ``Detector.predict`` does, not from the graph's ``score``)."""
+    per_model = getattr(detector, "_map_max_score", None)  # set by the detector's params
+    return bool(per_model() if callable(per_model) else detector._score_is_map_max)
+
+
 @contextlib.contextmanager
 def _step(progress: ProgressCallback | None, task: str) -> Iterator[None]:
     """Report one step as a task of one item: started, then done."""
@@ -526,7 +533,7 @@ def _build(
                             else ["batch", 3, size, size]),
             "input_size": size,
             "outputs": {"map": ["batch", size, size], "score": ["batch"]},
-            "image_score": "native_map_max" if detector._score_is_map_max else "graph",
+            "image_score": "native_map_max" if _score_is_map_max(detector) else "graph",
             "opset": OPSET,
             "neighbour_search": f"matrix products, bank chunks of {BANK_CHUNK_ROWS} rows",
         },
