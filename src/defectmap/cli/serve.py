@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from defectmap.cli._common import app, err_console
+from defectmap.cli.export import Runtime
 
 __all__ = ["serve"]
 
@@ -29,6 +30,9 @@ def serve(
     store_images: bool = typer.Option(
         False, "--store-images", help="Keep each upload, heatmap and overlay beside the database."
     ),
+    runtime: Runtime | None = typer.Option(
+        None, "--runtime", help="Inference runtime; default: the fastest installed one the "
+        "model folder was exported for (torch for a folder that was not exported)."),
 ) -> None:
     """Serve MODEL_DIR over HTTP: POST /v1/inspect, audit trail, web page at /."""
     from defectmap.serve.policy import check_exposure
@@ -39,9 +43,11 @@ def serve(
     from defectmap.serve import create_app
 
     # Loads the model now, so a missing or corrupt model fails here as one clear line.
-    service_app = create_app(model_dir, db_path=db, token=token, store_images=store_images)
+    service_app = create_app(model_dir, db_path=db, token=token, store_images=store_images,
+                             runtime=None if runtime is None else runtime.value)
     err_console.print(
-        f"serving {model_dir} on http://{host}:{port}/ (audit log {db}"
+        f"serving {model_dir} on http://{host}:{port}/ with "
+        f"{service_app.state.service.model.runtime} (audit log {db}"
         f"{', token required' if token else ''}); Ctrl-C stops",
         highlight=False,
         soft_wrap=True,

@@ -84,6 +84,9 @@ class InspectionService:
         Number of recent anomaly maps held in memory for the picture endpoints.
     warmup : bool
         Run one inference on a blank image at start-up (the first one is slow).
+    runtime : str, optional
+        ``"torch"``, ``"onnxruntime"`` or ``"openvino"``; None: the fastest installed one the
+        model folder was exported for (see :func:`defectmap.pipeline.load_model`).
 
     Raises
     ------
@@ -100,6 +103,7 @@ class InspectionService:
         max_pixels: int = MAX_IMAGE_PIXELS,
         cache_size: int = 32,
         warmup: bool = True,
+        runtime: str | None = None,
     ) -> None:
         from defectmap.pipeline import load_model
 
@@ -107,7 +111,7 @@ class InspectionService:
         if not model_dir.is_dir():
             raise DefectmapError(f"{model_dir}: model directory not found")
         self.model_dir = model_dir
-        self.model = load_model(model_dir)
+        self.model = load_model(model_dir, runtime=runtime)
         self.description: dict[str, Any] = to_jsonable(self.model.describe())
         self.model_name = model_dir.resolve().name
         self.model_hash = str(self.model.model_hash)
