@@ -19,7 +19,7 @@ from defectmap.cli._common import run_app
 
 EXE = Path(sys.executable).with_name("defectmap")
 COMMANDS = ["fit", "predict", "evaluate", "benchmark", "demo", "serve", "evaluate-maps",
-            "data check", "data synth", "data download"]
+            "export", "data check", "data synth", "data download"]
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:

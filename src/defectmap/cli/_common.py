@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from defectmap.constants import EXTRA_OF_MODULE
 from defectmap.errors import DefectmapError
 
 # Plain help (rich_markup_mode=None): the rich help of typer 0.29 labels every flag <bool>.
@@ -129,6 +130,13 @@ def run_app(argv: list[str]) -> int:
         return 1
     except SystemExit as exc:  # sys.exit inside commands
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except ImportError as exc:  # an optional dependency of this command is not installed
+        module = (exc.name or "").split(".")[0]
+        if module not in EXTRA_OF_MODULE or debug:
+            raise
+        print_error(f"this command needs {module}, which is not installed: "
+                    f"pip install 'defectmap[{EXTRA_OF_MODULE[module]}]'")
+        return 1
     except exits as exc:
         return int(getattr(exc, "exit_code", 0))
     except aborts:

@@ -18,6 +18,7 @@ from rich.markup import escape
 
 from defectmap.cli._common import CliUsageError, app, console, err_console
 from defectmap.cli.display import progress_display
+from defectmap.cli.export import Runtime
 from defectmap.cli.options import (
     count_option,
     image_size_option,
@@ -123,6 +124,9 @@ def predict_command(
         help="Score images whose colour or size differs from the training images."),
     no_maps: bool = typer.Option(False, "--no-maps", help="Do not write the TIFF maps."),
     no_overlays: bool = typer.Option(False, "--no-overlays", help="Do not write overlays."),
+    runtime: Runtime | None = typer.Option(
+        None, "--runtime", help="Inference runtime; default: the fastest installed one the "
+        "model folder was exported for (torch for a folder that was not exported)."),
 ) -> None:
     """Score images: decision, score and p-value per image (CSV/JSON), maps and overlays.
 
@@ -135,7 +139,7 @@ def predict_command(
     from defectmap.evaluate.predict import predict_to_dir
     from defectmap.pipeline import load_model
 
-    model = load_model(model_dir)
+    model = load_model(model_dir, runtime=None if runtime is None else runtime.value)
     try:
         with _warnings_as_lines(), progress_display() as progress:
             rows = predict_to_dir(model, images, out, batch_size=batch_size,

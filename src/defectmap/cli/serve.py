@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from defectmap.cli._common import CliUsageError, app, err_console
+from defectmap.cli.export import Runtime
 from defectmap.cli.options import port_option
 from defectmap.errors import DefectmapError
 
@@ -64,6 +65,9 @@ def serve(
         help="Score uploads whose colour or size differs from the training images "
         "(default: answer 422).",
     ),
+    runtime: Runtime | None = typer.Option(
+        None, "--runtime", help="Inference runtime; default: the fastest installed one the "
+        "model folder was exported for (torch for a folder that was not exported)."),
 ) -> None:
     """Serve MODEL_DIR over HTTP: POST /v1/inspect, audit trail, web page at /."""
     from defectmap.errors import UncalibratedModelError
@@ -86,6 +90,7 @@ def serve(
     try:
         # Loads the model now, so a missing or corrupt model fails here as one clear line.
         service_app = create_app(model_dir, db_path=db, token=token, store_images=store_images,
+                                 runtime=None if runtime is None else runtime.value,
                                  uncalibrated=uncalibrated, allow_mismatch=allow_mismatch)
     except UncalibratedModelError:
         sock.close()
@@ -99,7 +104,8 @@ def serve(
     note = "; uncalibrated: raw scores only, decision null" if uncalibrated and \
         service_app.state.service.model.calibration is None else ""
     err_console.print(
-        f"serving {model_dir} on http://{host}:{sock.getsockname()[1]}/ (audit log {db}"
+        f"serving {model_dir} on http://{host}:{sock.getsockname()[1]}/ with "
+        f"{service_app.state.service.model.runtime} (audit log {db}"
         f"{', token required' if token else ''}{note}); Ctrl-C stops",
         markup=False,
         highlight=False,

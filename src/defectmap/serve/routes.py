@@ -207,6 +207,7 @@ def create_app(
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
     max_pixels: int = MAX_IMAGE_PIXELS,
     cache_size: int = 32,
+    runtime: str | None = None,
     uncalibrated: bool = False,
     allow_mismatch: bool = False,
 ) -> FastAPI:
@@ -228,6 +229,9 @@ def create_app(
         Largest accepted ``width * height`` (413 above, checked before decoding).
     cache_size : int
         Number of recent maps held in memory for the picture links.
+    runtime : str, optional
+        ``"torch"``, ``"onnxruntime"`` or ``"openvino"``; None: the fastest installed one the
+        model folder was exported for.
     uncalibrated, allow_mismatch : bool
         Accept a model without calibration, and uploads unlike the training images (see
         :class:`~defectmap.serve.service.InspectionService`).
@@ -246,8 +250,8 @@ def create_app(
     check_token(token)
     service = InspectionService(
         model_dir, db_path, store_images=store_images, max_upload_bytes=max_upload_bytes,
-        max_pixels=max_pixels, cache_size=cache_size, uncalibrated=uncalibrated,
-        allow_mismatch=allow_mismatch,
+        max_pixels=max_pixels, cache_size=cache_size, runtime=runtime,
+        uncalibrated=uncalibrated, allow_mismatch=allow_mismatch,
     )
 
     @asynccontextmanager
@@ -349,7 +353,8 @@ def create_app(
     def model_info() -> ModelInfo:
         """Detector, params, thresholds and training-data summary of the served model."""
         return ModelInfo(
-            name=service.model_name, hash=service.model_hash, thresholds=service.thresholds,
+            name=service.model_name, hash=service.model_hash, runtime=service.model.runtime,
+            thresholds=service.thresholds,
             limits=Limits(max_upload_bytes=service.max_upload_bytes,
                           max_pixels=service.max_pixels),
             description=service.description,

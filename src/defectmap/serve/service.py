@@ -90,6 +90,9 @@ class InspectionService:
         Number of recent anomaly maps held in memory for the picture endpoints.
     warmup : bool
         Run one inference on a blank image at start-up (the first one is slow).
+    runtime : str, optional
+        ``"torch"``, ``"onnxruntime"`` or ``"openvino"``; None: the fastest installed one the
+        model folder was exported for (see :func:`defectmap.pipeline.load_model`).
     uncalibrated : bool
         Serve a model without ``calibration.json`` (answers carry raw scores only, the
         decision is null); by default such a model is refused.
@@ -114,6 +117,7 @@ class InspectionService:
         max_pixels: int = MAX_IMAGE_PIXELS,
         cache_size: int = 32,
         warmup: bool = True,
+        runtime: str | None = None,
         uncalibrated: bool = False,
         allow_mismatch: bool = False,
     ) -> None:
@@ -123,7 +127,7 @@ class InspectionService:
         if not model_dir.is_dir():
             raise DefectmapError(f"{model_dir}: model directory not found")
         self.model_dir = model_dir
-        self.model = load_model(model_dir)
+        self.model = load_model(model_dir, runtime=runtime)
         if self.model.calibration is None and not uncalibrated:
             raise UncalibratedModelError(
                 f"{model_dir}: no calibration.json, so no ok/defect decision can be made; "
