@@ -93,23 +93,53 @@ def test_fit_calibration_flags_and_recalibrate(synthetic_root: Path, tmp_path: P
     assert new.image_threshold == cal.val_scores[7]  # k = ceil(9 x 0.88) = 8 of 8
     assert f"image threshold {new.image_threshold:.4g} at alpha 0.12" in stdout
 
-    for argv, message in [
-        (["recalibrate", out], "nothing to change"),
-        (["recalibrate", out, "--pixel-fpr", "0.003"], "pixel_fpr 0.003 was not stored"),
-        (["fit", category, "--param", "corset_ratio=0.2", "--out", tmp_path / "x"],
+    for argv, code, message in [
+        (["recalibrate", out], 2, "nothing to change"),
+        (["recalibrate", out, "--alpha", "1.5"], 2, "must be in (0, 1), got 1.5"),
+        (["recalibrate", out, "--min-region-area", "0"], 2, "must be >= 1, got 0"),
+        (["recalibrate", out, "--pixel-fpr", "0.003"], 1, "pixel_fpr 0.003 was not stored"),
+        (["recalibrate", tmp_path / "none", "--alpha", "0.1"], 1, "calibration.json"),
+        (["fit", category, "--param", "corset_ratio=0.2", "--out", tmp_path / "x"], 1,
          "has no parameter 'corset_ratio'; valid: backbone, coreset_ratio,"),
-        (["fit", category, "--param", "reweight=maybe", "--out", tmp_path / "x"],
+        (["fit", category, "--param", "reweight=maybe", "--out", tmp_path / "x"], 1,
          "reweight must be true or false"),
-        (["fit", category, "--val-ratio", "0.2", "--folds", "3", "--out", tmp_path / "x"],
-         "excludes n_folds"),
-        (["fit", category, "--folds", "40", "--out", tmp_path / "x"],
+        (["fit", category, "--val-ratio", "0.2", "--folds", "3", "--out", tmp_path / "x"], 2,
+         "--folds and --val-ratio are different calibrations: give one"),
+        (["fit", category, "--val-dir", val_dir, "--folds", "3", "--out", tmp_path / "x"], 2,
+         "--folds and --val-dir are different calibrations"),
+        (["fit", category, "--min-val", "5", "--out", tmp_path / "x"], 2,
+         "--min-val applies to a validation split"),
+        (["fit", category, "--folds", "1", "--out", tmp_path / "x"], 2, "must be >= 2, got 1"),
+        (["fit", category, "--pixel-fpr", "0", "--out", tmp_path / "x"], 2,
+         "must be in (0, 1), got 0"),
+        (["fit", category, "--folds", "40", "--out", tmp_path / "x"], 1,
          "only 24 good training images for 40 folds"),
-        (["fit", category, "--val-dir", tmp_path / "none", "--out", tmp_path / "x"],
+        (["fit", category, "--val-ratio", "0", "--out", tmp_path / "x"], 1,
+         "holds out no validation image"),
+        (["fit", category, "--val-dir", tmp_path / "none", "--out", tmp_path / "x"], 1,
          "validation folder not found"),
     ]:
         rc, _, err = run(capsys, *argv)
-        assert rc == 1 and message in " ".join(err.split()), (argv, err)
+        assert rc == code and message in " ".join(err.split()), (argv, err)
         assert len(err.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
+def test_fit_val_ratio_minimum_is_explicit(synthetic_root: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    category = synthetic_root / "synthetic"
+    for extra, n_val, rule in [([], 3, "ceil(0.1 x 24)"),
+                               (["--min-val", "5"], 5, "max(5, ceil(0.1 x 24))")]:
+        out = tmp_path / f"model{n_val}"
+        rc, stdout, err = run(capsys, "fit", category, *SIZE, "--val-ratio", "0.1", *extra,
+                              "--out", out)
+        assert rc == 0, err
+        text = " ".join(stdout.split())
+        assert f"fitted on {24 - n_val} good images" in text
+        assert (f"split conformal: {n_val} of 24 good training images held out for "
+                f"validation ({rule}); the detector is fitted on the other {24 - n_val}") in text
+        info = load_model(out).info
+        assert (info["n_fit"], info["n_val"], info["min_val"]) == (24 - n_val, n_val,
+                                                                 5 if extra else 0)
 
 
 def test_predict_scores_equal_inspect(model_dir: Path, synthetic_root: Path, tmp_path: Path,
@@ -251,7 +281,7 @@ def test_error_paths_exit_1_with_one_message(synthetic_root: Path, model_dir: Pa
     assert rc == 1 and "does not exist" in _one_error_line(err)
     rc, _, err = run(capsys, "benchmark", synthetic_root, "--all", "--category", "x",
                      "--out", tmp_path / "b")
-    assert rc == 1 and "either --category or --all" in _one_error_line(err)
+    assert rc == 2 and "either --category or --all" in _one_error_line(err)  # usage error
     rc, _, err = run(capsys, "benchmark", synthetic_root, "--detector", "nosuch",
                      "--out", tmp_path / "b")
     assert rc == 1 and "patchcore" in _one_error_line(err)  # lists the known ones
@@ -310,3 +340,38 @@ def test_debug_flag_does_not_stick_to_later_runs(tmp_path: Path,
         run_app(["--debug", *argv])  # --debug: the error propagates with its traceback
     rc, _, err = run(capsys, *argv)  # the next call in the same process is not in debug mode
     assert rc == 1 and "does not exist" in _one_error_line(err)
+
+
+def test_plain_good_and_defect_folders_as_the_readme_calls_them(
+    synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`defectmap fit data/my_part --out ...` on a plain good/ + <defect>/ folder, then
+    evaluate: image-level metrics, and a report without a ground-truth panel."""
+    import shutil
+
+    part = tmp_path / "my_part"
+    (part / "good").mkdir(parents=True)
+    (part / "scratch").mkdir()
+    source = synthetic_root / "synthetic"
+    goods = sorted((source / "train" / "good").glob("*.png")) + sorted(
+        (source / "test" / "good").glob("*.png"))
+    for i, path in enumerate(goods):  # 32 good images: 26 train, 6 held out for the test
+        shutil.copy(path, part / "good" / f"{i:03d}.png")
+    defects = sorted(p for p in (source / "test").glob("*/*.png") if p.parent.name != "good")
+    for i, path in enumerate(defects):
+        shutil.copy(path, part / "scratch" / f"{i:03d}.png")
+    rc, stdout, err = run(capsys, "data", "check", part)
+    assert rc == 0 and "good/ + defect folders" in " ".join(stdout.split()), err
+    rc, _, err = run(capsys, "fit", part, *SIZE, "--alpha", "0.1", "--out", tmp_path / "m")
+    assert rc == 0, err
+    assert load_model(tmp_path / "m").info["n_train_good"] == 26
+    rc, stdout, err = run(capsys, "evaluate", tmp_path / "m", part, "--out", tmp_path / "e")
+    assert rc == 0, err
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["n_images"] == 6 + len(defects) and metrics["pixel_auroc"] is None
+    images = metrics["images"]
+    assert sorted(i["label"] for i in images) == [0] * 6 + [1] * len(defects)
+    assert metrics["image_auroc"] == image_auroc([i["score"] for i in images],
+                                                 [i["label"] for i in images])
+    report = (tmp_path / "e" / "report.html").read_text()
+    assert "no ground-truth masks" in report

@@ -387,3 +387,25 @@ def conformal_rank_(n: int, alpha: float) -> int:
     from defectmap.calibrate import conformal_rank
 
     return conformal_rank(n, alpha)
+
+
+def test_a_layouts_own_validation_split_calibrates_unless_folds_are_asked(tmp_path) -> None:
+    """MVTec LOCO AD: split conformal on validation/good by default; n_folds cross-fits."""
+    from defectmap.data.layouts import load_category as load_any
+    from defectmap.data.synth_layouts import make_loco_dataset
+
+    make_loco_dataset(tmp_path / "data", "c1", n_train=10, n_validation=5, n_good=2,
+                      n_logical=1, n_structural=1, size=64, seed=4)
+    loco = load_any(tmp_path / "data", "c1")
+    own = train_model(loco, tmp_path / "own", detector_params=PARAMS, alpha=0.2)
+    assert (own.info["calibration_method"], own.info["n_fit"], own.info["n_val"]) == (
+        "split", 10, 5)
+    assert own.info["validation_source"] == "validation split of the dataset"
+    assert sorted(own.info["val_stems"]) == sorted(s.stem for s in loco.validation)
+    direct = own.detector.predict([s.path for s in loco.validation]).scores
+    assert own.calibration is not None
+    assert own.calibration.val_scores == tuple(sorted(float(v) for v in direct))
+    folds = train_model(loco, tmp_path / "folds", detector_params=PARAMS, alpha=0.2, n_folds=2)
+    assert folds.calibration is not None and folds.calibration.method == "cross_fit"
+    assert (folds.info["n_fit"], folds.calibration.n_val) == (10, 10)
+    assert folds.info["validation_source"] == "out-of-fold scores of train/good"

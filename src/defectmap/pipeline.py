@@ -11,22 +11,29 @@ directory::
       weights.safetensors   the detector's learned arrays
       calibration.json      thresholds, alpha, calibration scores and statistics
       training.json         category, dataset root, the calibration rule in words, fit and
-                            calibration counts and file stems, folds, random_state, alpha,
+                            calibration counts and file stems, folds, the training images'
+                            colour and size range (``images``, see
+                            :mod:`defectmap.data.profile`), random_state, alpha,
                             timestamps, package version
 
 :func:`recalibrate` moves a saved model's operating point (alpha, pixel rate) in place
 without refitting.
 
-The test split is never read. The directory is built beside ``out_dir`` under a temporary
-name and renamed into place when complete, so an existing model is only replaced by a whole
-new one. :func:`load_model` restores it; :meth:`InspectionModel.inspect` turns images into
-per-image :class:`Inspection` results (used by ``predict``, the service and the report).
+The test split is never read. Every training image is checked before the (long) feature
+extraction, and one error lists every unreadable file. The directory is built beside
+``out_dir`` under a temporary name and swapped in when complete
+(:func:`defectmap.files.replace_dir`), so an existing model is only replaced by a whole new
+one, and a folder holding files that are not part of a model (:data:`MODEL_FILES`) is
+refused rather than deleted. :func:`load_model` restores it, and reads again when the folder
+was swapped while it read; :meth:`InspectionModel.inspect` turns images into per-image
+:class:`Inspection` results (used by ``predict``, the service and the report).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,20 +57,28 @@ from defectmap.calibrate import (
 )
 from defectmap.calibrate.conformal import check_fraction
 from defectmap.constants import DEFAULT_ALPHA, DEFAULT_DETECTOR, DEFAULT_FOLDS, DEFAULT_PIXEL_FPR
+from defectmap.data.io import ImageInfo, check_images
+from defectmap.data.profile import ImageProfile
 from defectmap.data.records import CategoryData, Sample
-from defectmap.errors import DatasetError, ModelFileError
+from defectmap.errors import DatasetError, DefectmapError, ModelFileError
 from defectmap.files import atomic_output_dir, check_replaceable, sha256_tree, write_json
+from defectmap.prediction import Scorer
 from defectmap.progress import ProgressCallback
 
 if TYPE_CHECKING:
-    from defectmap.detectors import Detector
-    from defectmap.features.preprocess import ImageInput
+    from defectmap.data.io import ImageInput
 
-__all__ = ["TRAINING_FILE", "Inspection", "InspectionModel", "load_model", "recalibrate",
+__all__ = ["MODEL_FILES", "TRAINING_FILE", "Inspection", "InspectionModel", "load_model",
+           "recalibrate",
            "train_model"]
 
 TRAINING_FILE = "training.json"
 MODEL_FILE = "model.json"  # written by the detector (defectmap.detectors.base.MODEL_JSON)
+#: Every entry of a model directory. :func:`train_model` replaces an existing directory only
+#: when it holds nothing else.
+MODEL_FILES = (MODEL_FILE, "weights.safetensors", CALIBRATION_FILE, TRAINING_FILE)
+#: Reads of a model folder that was swapped while being read, before giving up.
+_LOAD_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: arrays have no single truth value
@@ -115,11 +130,14 @@ class Inspection:
 
 
 class InspectionModel:
-    """A detector with its calibration and training summary.
+    """A scorer with its calibration and training summary.
 
     Parameters
     ----------
-    detector : a fitted :class:`~defectmap.detectors.Detector`.
+    detector : the scorer: a fitted :class:`~defectmap.detectors.Detector` (torch), or an
+        exported model on ONNX Runtime / OpenVINO
+        (:class:`~defectmap.runtime.ExportedModel`); anything with ``name``,
+        ``get_params()`` and ``predict(images, batch_size, progress) -> Prediction``.
     calibration : thresholds from good validation images, or None (raw scores only).
     info : the training summary (contents of ``training.json``; may be empty).
     directory : the model directory it was loaded from / saved to, if any.
@@ -128,7 +146,7 @@ class InspectionModel:
 
     def __init__(
         self,
-        detector: Detector,
+        detector: Scorer,
         calibration: Calibration | None,
         info: dict[str, Any],
         *,
@@ -142,6 +160,31 @@ class InspectionModel:
         if model_hash is None and self.directory is not None:
             model_hash = sha256_tree(self.directory)
         self._model_hash = model_hash
+        images = self.info.get("images")
+        self.profile = None if images is None else ImageProfile.from_dict(images)
+
+    def input_mismatches(
+        self, infos: Sequence[ImageInfo], names: Sequence[str]
+    ) -> list[tuple[str, str]]:
+        """``(name, reason)`` for each image that differs from the training images.
+
+        Colour and size are compared with the training images' :attr:`profile` (see
+        :mod:`defectmap.data.profile`); a model without one (saved before profiles were
+        recorded) finds no mismatch.
+        """
+        if self.profile is None:
+            return []
+        found = []
+        for info, name in zip(infos, names, strict=True):
+            reason = self.profile.mismatch(info)
+            if reason is not None:
+                found.append((name, reason))
+        return found
+
+    @property
+    def runtime(self) -> str:
+        """``"torch"`` for a detector, else the exported model's runtime."""
+        return str(getattr(self.detector, "runtime", "torch"))
 
     @property
     def model_hash(self) -> str | None:
@@ -204,11 +247,12 @@ class InspectionModel:
     def describe(self) -> dict[str, Any]:
         """JSON-ready description for humans and the service's ``/v1/model``.
 
-        Keys: ``detector``, ``params``, ``model_hash``, ``package_version``, ``calibrated``,
-        ``thresholds`` (None without calibration; the operating point, the method, the
-        decision rule, the guarantee in words and the known-defect miss estimate),
-        ``validation_scores`` (statistics of the calibration scores) and ``training`` (the
-        training summary without the per-file stem lists).
+        Keys: ``detector``, ``params``, ``runtime``, ``model_hash``, ``package_version``,
+        ``calibrated``, ``thresholds`` (None without calibration; the operating point, the
+        method, the decision rule, the guarantee in words and the known-defect miss
+        estimate), ``validation_scores`` (statistics of the calibration scores) and
+        ``training`` (the training summary without the per-file stem lists and without the
+        dataset path, which ``training.json`` keeps).
         """
         cal = self.calibration
         thresholds = None
@@ -223,10 +267,13 @@ class InspectionModel:
             estimate = cal.miss_estimate
             thresholds["known_defects"] = None if estimate is None else estimate.to_dict()
             validation = cal.val_score_stats
-        training = {k: v for k, v in self.info.items() if not k.endswith("_stems")}
+        # Neither the per-file stem lists nor where the data lay on the training machine.
+        training = {k: v for k, v in self.info.items()
+                    if not k.endswith("_stems") and k != "dataset_root"}
         return {
             "detector": self.detector.name,
             "params": self.detector.get_params(),
+            "runtime": self.runtime,
             "model_hash": self.model_hash,
             "package_version": self.info.get("package_version", __version__),
             "calibrated": cal is not None,
@@ -241,19 +288,72 @@ class InspectionModel:
                f"{hash_part})"
 
 
-def load_model(directory: str | os.PathLike[str]) -> InspectionModel:
-    """Load a model directory written by :func:`train_model` (or a bare saved detector).
+def load_model(
+    directory: str | os.PathLike[str],
+    runtime: str | None = None,
+    n_threads: int | None = None,
+) -> InspectionModel:
+    """Load a model directory written by :func:`train_model` or by ``defectmap export``.
 
     ``calibration.json`` and ``training.json`` are optional: without them the model gives raw
-    scores only. Raises :class:`~defectmap.errors.ModelFileError` naming the bad file.
-    """
-    from defectmap.detectors import load_detector
+    scores only (``calibration`` is None; ``predict_to_dir`` and the service refuse such a
+    model unless told to accept raw scores). A directory swapped in by a new fit while it is
+    read is read again, so the model returned comes from one version of the folder.
 
+    Parameters
+    ----------
+    directory : the model folder.
+    runtime : ``"torch"``, ``"onnxruntime"`` or ``"openvino"``; None: the fastest installed
+        one the folder was exported for (torch for a folder that was not exported).
+    n_threads : CPU threads of an ONNX Runtime / OpenVINO runtime (None: its default).
+
+    Raises
+    ------
+    ModelFileError : a file is missing or invalid (the message names it), or an exported
+        folder's files differ from the hashes in its ``export.json``.
+    RuntimeUnavailableError : the runtime is not installed, or the folder was not exported
+        for it.
+    """
     folder = Path(directory)
+    for _ in range(_LOAD_ATTEMPTS):
+        before = _identity(folder)
+        try:
+            model = _load_once(folder, runtime, n_threads)
+        except (DefectmapError, OSError):
+            if _identity(folder) == before:
+                raise  # the folder did not change: the error is real
+            time.sleep(0.01)
+            continue
+        if _identity(folder) == before:
+            return model
+    raise ModelFileError(f"{folder}: the model folder kept being replaced while it was read")
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    """(device, inode) of a folder, None when missing: changes when the folder is swapped."""
+    try:
+        stat = folder.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _load_once(folder: Path, runtime: str | None, n_threads: int | None) -> InspectionModel:
+    from defectmap.runtime import ExportedModel, choose_runtime, is_export_dir, read_manifest
+
     if not folder.is_dir():
         raise ModelFileError(f"{folder}: model directory not found")
+    runtime = choose_runtime(folder, runtime)
     model_hash = sha256_tree(folder)  # hash first: describes the bytes about to be read
-    detector = load_detector(folder)
+    detector: Scorer
+    if runtime == "torch":
+        from defectmap.detectors import load_detector
+
+        if is_export_dir(folder):
+            read_manifest(folder)  # the torch runtime checks an export's hashes too
+        detector = load_detector(folder)
+    else:
+        detector = ExportedModel(folder, runtime=runtime, n_threads=n_threads)
     calibration = Calibration.load(folder) if (folder / CALIBRATION_FILE).exists() else None
     info: dict[str, Any] = {}
     training = folder / TRAINING_FILE
@@ -264,7 +364,11 @@ def load_model(directory: str | os.PathLike[str]) -> InspectionModel:
             raise ModelFileError(f"{training}: cannot read training summary ({exc})") from None
         if not isinstance(info, dict):
             raise ModelFileError(f"{training}: not a JSON object")
-    return InspectionModel(detector, calibration, info, directory=folder, model_hash=model_hash)
+    try:
+        return InspectionModel(detector, calibration, info, directory=folder,
+                               model_hash=model_hash)
+    except ValueError as exc:
+        raise ModelFileError(f"{training}: field 'images' is invalid ({exc})") from None
 
 
 def _stems(items: Sequence[Sample | Path]) -> list[str]:
@@ -278,14 +382,22 @@ def _now() -> str:
 def _split_plan(
     good: list[Sample], val_ratio: float | None, min_val: int, n_folds: int | None,
     validation_images: Sequence[str | os.PathLike[str]] | None, random_state: int,
-) -> tuple[str, list[Sample], list[Sample] | list[Path], str]:
-    """The calibration rule: ``(method, fit samples, validation, one-line summary)``.
+    own_validation: list[Sample] | None = None,
+) -> tuple[str, list[Sample], list[Sample] | list[Path], str, str]:
+    """The calibration rule: ``(method, fit samples, validation, summary, source)``.
 
     * ``validation_images`` given: split conformal on them; every good image fits.
     * ``val_ratio`` given: split conformal on ``max(min_val, ceil(val_ratio * n))`` good
       images held out at random; the others fit.
-    * neither: cross-fitting with ``n_folds`` (default 5) folds; every good image fits the
+    * ``n_folds`` given: cross-fitting (below), even when the dataset has a validation split.
+    * none of these and the layout has its own ``validation/good`` images
+      (``own_validation``: MVTec LOCO AD, MVTec AD 2): split conformal on them; every good
+      training image fits.
+    * otherwise: cross-fitting with ``n_folds`` (default 5) folds; every good image fits the
       final model and all but ``n mod K`` get an out-of-fold score.
+
+    ``summary`` states the rule and its counts in one line; ``source`` names where the
+    calibration scores come from.
     """
     n = len(good)
     if validation_images is not None:
@@ -297,7 +409,8 @@ def _split_plan(
             raise DatasetError("validation_images is empty")
         return "split", good, validation, (
             f"split conformal: {len(validation)} images of a separate validation folder; "
-            f"the detector is fitted on all {n} good training images")
+            f"the detector is fitted on all {n} good training images"), \
+            "separate validation images"
     if val_ratio is not None:
         if n_folds is not None:
             raise CalibrationError("val_ratio (a validation split) excludes n_folds "
@@ -307,16 +420,23 @@ def _split_plan(
                 else f"ceil({val_ratio:g} x {n})")
         return "split", fit_samples, held, (
             f"split conformal: {len(held)} of {n} good training images held out for "
-            f"validation ({rule}); the detector is fitted on the other {len(fit_samples)}")
+            f"validation ({rule}); the detector is fitted on the other {len(fit_samples)}"), \
+            "split of train/good"
     if min_val:
         raise CalibrationError("min_val applies to a validation split: give val_ratio too")
+    if n_folds is None and own_validation:
+        return "split", good, list(own_validation), (
+            f"split conformal: the dataset's {len(own_validation)} validation/good images; "
+            f"the detector is fitted on all {n} good training images"), \
+            "validation split of the dataset"
     k = DEFAULT_FOLDS if n_folds is None else int(n_folds)
     size = n // k if k >= 1 else 0
     left = n - size * k if k >= 1 else n
     extra = f"; {left} fit every fold model without a score" if left else ""
     return "cross_fit", good, [], (
         f"cross-fitted: {k} folds of {size} good training images, {size * k} out-of-fold "
-        f"scores{extra}; the final detector is fitted on all {n}")
+        f"scores{extra}; the final detector is fitted on all {n}"), \
+        "out-of-fold scores of train/good"
 
 
 def train_model(
@@ -345,6 +465,8 @@ def train_model(
     * default: **cross-fitted** (:mod:`defectmap.calibrate.crossfit`): ``n_folds`` fold
       models give every good image an out-of-fold score; the final detector is fitted on
       all good images;
+    * default for layouts with their own ``validation/good`` split (MVTec LOCO AD, MVTec AD
+      2): split conformal on those images (``n_folds`` forces cross-fitting instead);
     * ``val_ratio``: **split conformal** on a random held-out share of ``train/good``;
     * ``validation_images``: split conformal on a separate folder of good images.
 
@@ -371,7 +493,7 @@ def train_model(
         interval (:mod:`defectmap.calibrate.misses`); they never fit a model and never move
         the threshold.
     batch_size : images per forward pass when scoring calibration and defect images.
-    progress : reports ``(task, done, total)`` of the fits and the scoring
+    progress : reports ``(task, done, total)`` of the checks, fits and the scoring
         (see :mod:`defectmap.progress`).
 
     Returns
@@ -384,24 +506,32 @@ def train_model(
     DatasetError : no good training images.
     CalibrationError : conflicting or invalid rule (val_ratio with n_folds, too few images
         for the split or the folds), or invalid alpha / pixel_fpr.
-    DefectmapError : ``out_dir`` exists and is not a model directory.
+    ImageReadError : training, validation or defect images that cannot be read (all listed).
+    DefectmapError : ``out_dir`` exists and is not a model directory, or holds other files.
     UnknownDetectorError, DefectmapError : unknown detector name or parameter (see
         :func:`~defectmap.detectors.build_detector`).
     """
     from defectmap.detectors import build_detector, create_detector
 
-    started_at, t0 = _now(), time.perf_counter()
+    started_at = _now()
     out_dir = Path(out_dir)
-    check_replaceable(out_dir, MODEL_FILE)  # fail before the (long) fit, not after
+    check_replaceable(out_dir, MODEL_FILE, MODEL_FILES)  # fail before the (long) fit
     alpha = check_fraction("alpha", alpha)
     pixel_fpr = check_fraction("pixel_fpr", pixel_fpr)
     good = [s for s in category_data.train if s.label == 0]
     if not good:
         raise DatasetError(f"{category_data.root}: no good training images to fit on")
-    method, fit_samples, validation, summary = _split_plan(
-        good, val_ratio, min_val, n_folds, validation_images, random_state)
+    method, fit_samples, validation, summary, source = _split_plan(
+        good, val_ratio, min_val, n_folds, validation_images, random_state,
+        list(category_data.validation))
     defects = [Path(p) for p in defect_images or []]
 
+    val_paths = [s.path if isinstance(s, Sample) else s for s in validation]
+    # Every image's header and integrity before the long extraction: one error lists them all.
+    infos = check_images([s.path for s in fit_samples] + val_paths, progress=progress,
+                         task="checking training images")
+    if defects:
+        check_images(defects, progress=progress, task="checking known defect images")
     params = dict(detector_params or {})
     model = build_detector(detector, params)  # __init__ only stores: cheap
     if "random_state" not in params and "random_state" in model.get_params():
@@ -422,9 +552,9 @@ def train_model(
     else:
         k = None
         model = create_detector(detector, **params)
+        fit_start = time.perf_counter()
         model.fit([s.path for s in fit_samples], progress=progress)
-        fit_seconds = time.perf_counter() - t0
-        val_paths = [s.path if isinstance(s, Sample) else s for s in validation]
+        fit_seconds = time.perf_counter() - fit_start
         prediction = model.predict(val_paths, batch_size=batch_size, progress=progress)
         scores = prediction.scores
         pixels = PixelTail(sum(int(m.size) for m in prediction.maps), maps_rate)
@@ -432,7 +562,7 @@ def train_model(
             pixels.add(anomaly_map, f"validation map {i}")
         pixels.finish()
         del prediction
-        calibrate_seconds = time.perf_counter() - t0 - fit_seconds
+        calibrate_seconds = time.perf_counter() - fit_start - fit_seconds
     defect_scores = None
     if defects:
         defect_scores = model.predict(defects, batch_size=batch_size, progress=progress).scores
@@ -450,9 +580,7 @@ def train_model(
         "detector_params": model.get_params(),
         "calibration_method": method,
         "calibration_summary": summary,
-        "validation_source": {"cross_fit": "out-of-fold scores of train/good",
-                              "split": "split of train/good"}[method]
-        if validation_images is None else "separate validation images",
+        "validation_source": source,
         "n_train_good": len(good),
         "n_fit": len(fit_samples),
         "n_val": len(validation),
@@ -460,6 +588,7 @@ def train_model(
         "fit_stems": _stems(fit_samples),
         "val_stems": _stems(validation),
         "defect_stems": _stems(defects),
+        "images": ImageProfile.of(infos).to_dict(),
         "val_ratio": val_ratio,
         "min_val": min_val,
         "n_folds": k,
@@ -475,7 +604,7 @@ def train_model(
     }
 
     # Incl. Ctrl-C: no half-written directory is left behind, an old model stays whole.
-    with atomic_output_dir(out_dir, marker=MODEL_FILE) as tmp_dir:
+    with atomic_output_dir(out_dir, marker=MODEL_FILE, owned=MODEL_FILES) as tmp_dir:
         model.save(tmp_dir)
         calibration.save(tmp_dir)
         write_json(tmp_dir / TRAINING_FILE, info)
@@ -515,8 +644,40 @@ def recalibrate(
     -----
     CalibrationWarning : too few calibration scores for ``alpha``.
     """
+    from defectmap.runtime.manifest import is_export_dir
+
     folder = Path(model_dir)
     current = Calibration.load(folder)
     new = current.at(alpha=alpha, pixel_fpr=pixel_fpr, min_region_area=min_region_area)
-    new.save(folder)
+    if is_export_dir(folder):
+        _recalibrate_export(folder, new)
+    else:
+        new.save(folder)  # one atomic file replace: a reader sees the old or the new file
     return new
+
+
+def _recalibrate_export(folder: Path, calibration: Calibration) -> None:
+    """Write ``calibration`` into an exported folder and its new hash into ``export.json``.
+
+    The folder must still match its manifest (else :class:`ModelFileError`, as on load).
+    A copy of the folder (hard links where possible) gets the two new files and is swapped
+    in whole (:func:`~defectmap.files.atomic_output_dir`), so a reader never sees a
+    ``calibration.json`` that ``export.json`` does not list.
+    """
+    from defectmap.runtime.manifest import EXPORT_FILE, read_manifest, write_manifest
+
+    manifest = read_manifest(folder)  # refuses a folder changed since export
+    kept = {k: v for k, v in manifest.items() if k not in ("format", "format_version", "files")}
+    skip = {CALIBRATION_FILE, EXPORT_FILE}
+    with atomic_output_dir(folder, marker=EXPORT_FILE) as tmp:
+        for path in sorted(folder.rglob("*")):
+            name = path.relative_to(folder)
+            if not path.is_file() or name.as_posix() in skip:
+                continue
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(path, tmp / name)  # never written in place: safe to share
+            except OSError:
+                shutil.copy2(path, tmp / name)
+        calibration.save(tmp)
+        write_manifest(tmp, kept)
