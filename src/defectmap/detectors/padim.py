@@ -46,6 +46,8 @@ class PaDiM(Detector):
 
     name = "padim"
     _fitted_attr = "inv_covariance_"
+    #: Images behind the statistics (None: a model saved before it was recorded).
+    n_samples_: int | None = None
     _strides = (4, 8, 16)
     _score_is_map_max = True
 

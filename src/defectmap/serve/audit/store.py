@@ -77,8 +77,9 @@ class AuditStore:
         self._last_time: datetime | None = None
         try:
             with self._lock:
-                self._migrate(self._connection())
-                last = self._conn.execute("SELECT MAX(created_at) FROM inspections").fetchone()[0]
+                conn = self._connection()
+                self._migrate(conn)
+                last = conn.execute("SELECT MAX(created_at) FROM inspections").fetchone()[0]
         except self._errors as exc:
             self._drop()
             raise AuditUnavailableError(f"{location}: cannot open the audit database: {exc}") \
