@@ -1,4 +1,4 @@
-"""CLI command: ``defectmap serve MODEL_DIR`` runs the HTTP inspection service."""
+"""CLI command: ``defectmap serve MODEL`` runs the HTTP inspection service."""
 
 from __future__ import annotations
 
@@ -11,14 +11,19 @@ from defectmap.cli._common import app, err_console
 __all__ = ["serve"]
 
 
-@app.command("serve")
+@app.command(
+    "serve",
+    epilog="Example: defectmap serve models/registry --workers 2 --db postgresql://line@db/audit",
+)
 def serve(
-    model_dir: Path = typer.Argument(..., help="Trained model directory (from 'defectmap fit')."),
+    model_dir: Path = typer.Argument(
+        ..., help="Model folder (from 'defectmap fit') or model registry (serves and follows "
+        "its current version)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port."),
-    db: Path = typer.Option(
-        Path("defectmap-audit.sqlite3"), "--db", help="SQLite audit database (created if missing)."
-    ),
+    db: str = typer.Option(
+        "defectmap-audit.sqlite3", "--db",
+        help="Audit log: a SQLite file (created if missing) or a postgresql:// URL."),
     token: str | None = typer.Option(
         None,
         "--token",
@@ -29,21 +34,28 @@ def serve(
     store_images: bool = typer.Option(
         False, "--store-images", help="Keep each upload, heatmap and overlay beside the database."
     ),
+    workers: int = typer.Option(1, "--workers", min=1, max=64,
+                                help="Worker processes sharing the audit log."),
+    max_batch: int = typer.Option(1, "--max-batch", min=1, max=64,
+                                  help="Most uploads scored in one model call."),
+    max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0.0, max=1000.0,
+                                      help="How long a batch waits for more uploads."),
+    cache_mb: int = typer.Option(256, "--cache-mb", min=0,
+                                 help="Picture cache per worker, MiB."),
+    pending_mb: int = typer.Option(512, "--pending-mb", min=1,
+                                   help="Decoded uploads waiting for inference, MiB per worker."),
 ) -> None:
-    """Serve MODEL_DIR over HTTP: POST /v1/inspect, audit trail, web page at /."""
+    """Serve MODEL over HTTP: POST /v1/inspect, verdicts, audit trail, drift, page at /."""
     from defectmap.serve.policy import check_exposure
+    from defectmap.serve.runner import run_server
 
     check_exposure(host, token)
-    import uvicorn
 
-    from defectmap.serve import create_app
+    def ready(line: str) -> None:
+        err_console.print(f"{line} (audit log {db}{', token required' if token else ''}); "
+                          "Ctrl-C stops", highlight=False, soft_wrap=True, markup=False)
 
-    # Loads the model now, so a missing or corrupt model fails here as one clear line.
-    service_app = create_app(model_dir, db_path=db, token=token, store_images=store_images)
-    err_console.print(
-        f"serving {model_dir} on http://{host}:{port}/ (audit log {db}"
-        f"{', token required' if token else ''}); Ctrl-C stops",
-        highlight=False,
-        soft_wrap=True,
-    )
-    uvicorn.run(service_app, host=host, port=port, log_level="info")
+    run_server(model_dir, host=host, port=port, workers=workers, db_path=db, token=token,
+               on_ready=ready, store_images=store_images, max_batch=max_batch,
+               max_wait_ms=max_wait_ms, cache_bytes=cache_mb * 2**20,
+               pending_bytes=pending_mb * 2**20)
