@@ -67,9 +67,16 @@ class PgServer:
         with psycopg.connect(self.url(database), autocommit=True) as conn:
             conn.execute(sql)
 
-    def stop(self) -> None:
+    def stop_only(self) -> None:
+        """Stop the server, keeping its data (see :meth:`start_again`)."""
         subprocess.run([*self.prefix, str(self.bindir / "pg_ctl"), "-D", str(self.datadir),
                         "-m", "fast", "-w", "stop"], capture_output=True, timeout=60)
+
+    def start_again(self) -> None:
+        _pg_ctl_start(self.bindir, self.datadir, self.port, self.prefix)
+
+    def stop(self) -> None:
+        self.stop_only()
         shutil.rmtree(self.datadir.parent, ignore_errors=True)
 
 
@@ -94,19 +101,27 @@ def start() -> PgServer:
                 from exc
         prefix = ["runuser", "-u", "postgres", "--"]
     port = _free_port()
-    steps = [
-        [str(bindir / "initdb"), "-D", str(datadir), "-U", USER, "-A", "trust",
-         "--no-instructions", "-E", "UTF8"],
-        [str(bindir / "pg_ctl"), "-D", str(datadir), "-w", "-t", "60", "-l",
-         str(root / "server.log"), "-o",
-         f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=on", "start"],
-    ]
-    for step in steps:
-        done = subprocess.run([*prefix, *step], capture_output=True, text=True, timeout=120)
-        if done.returncode != 0:
-            log = root / "server.log"
-            tail = log.read_text()[-600:] if log.is_file() else ""
-            shutil.rmtree(root, ignore_errors=True)
-            raise Unavailable(f"{Path(step[0]).name} failed: {done.stderr.strip()[-600:]} "
-                              f"{tail}")
+    try:
+        _run(prefix, [str(bindir / "initdb"), "-D", str(datadir), "-U", USER, "-A", "trust",
+                      "--no-instructions", "-E", "UTF8"], root)
+        _pg_ctl_start(bindir, datadir, port, prefix)
+    except Unavailable:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
     return PgServer(bindir, datadir, port, prefix)
+
+
+def _run(prefix: list[str], step: list[str], root: Path) -> None:
+    done = subprocess.run([*prefix, *step], capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        log = root / "server.log"
+        tail = log.read_text()[-600:] if log.is_file() else ""
+        raise Unavailable(f"{Path(step[0]).name} failed: {done.stderr.strip()[-600:]} {tail}")
+
+
+def _pg_ctl_start(bindir: Path, datadir: Path, port: int, prefix: list[str]) -> None:
+    root = datadir.parent
+    _run(prefix, [str(bindir / "pg_ctl"), "-D", str(datadir), "-w", "-t", "60", "-l",
+                  str(root / "server.log"), "-o",
+                  f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=on", "start"],
+         root)

@@ -74,6 +74,9 @@ class PostgresAuditLog(AuditStore):
     def _lock_writes(self, conn: Any) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", [_WRITE_LOCK])
 
+    def _is_disconnect(self, exc: BaseException) -> bool:
+        return isinstance(exc, self._psycopg.OperationalError)
+
     def _is_unique_violation(self, exc: BaseException) -> bool:
         return isinstance(exc, self._psycopg.errors.UniqueViolation)
 

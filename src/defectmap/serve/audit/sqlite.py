@@ -8,6 +8,7 @@ queue on SQLite's lock (for up to 30 s) instead of failing with "database is loc
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,14 @@ class SQLiteAuditLog(AuditStore):
         if self.path.is_dir():
             raise AuditUnavailableError(
                 f"{self.path}: cannot open the audit database: it is a folder")
-        super().__init__(str(self.path))
+        try:
+            super().__init__(str(self.path))
+        except AuditUnavailableError as exc:
+            if not _writable(self.path):
+                raise AuditUnavailableError(
+                    f"{exc}; the file or its folder is read-only, and the audit log must be "
+                    "writable") from exc
+            raise
 
     def _connect(self) -> Any:
         # One connection shared by the thread pool; every use holds ``self._lock``.
@@ -75,3 +83,9 @@ class SQLiteAuditLog(AuditStore):
         row = conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [name]).fetchone()
         return row is not None
+
+
+def _writable(path: Path) -> bool:
+    """Whether ``path`` (or, when missing, its folder) can be written (EROFS included)."""
+    target = path if path.exists() else path.parent
+    return os.access(target, os.W_OK) and os.access(path.parent, os.W_OK)

@@ -103,6 +103,10 @@ class AuditStore:
     def _begin(self) -> str:
         return "BEGIN"
 
+    def _is_disconnect(self, exc: BaseException) -> bool:
+        """Whether ``exc`` means the connection is gone (worth one reconnect and retry)."""
+        return False
+
     # -- connection and transactions ----------------------------------------------------------
 
     def _connection(self) -> Any:
@@ -137,15 +141,20 @@ class AuditStore:
                 raise
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        try:
-            with self._lock:
-                rows = self._connection().execute(self.dialect.sql(sql), list(params)).fetchall()
-        except self._errors as exc:
-            with self._lock:
-                self._drop()
-            raise AuditUnavailableError(f"{self.location}: cannot read the audit log: {exc}") \
-                from exc
-        return [tuple(row) for row in rows]
+        for attempt in (1, 2):
+            try:
+                with self._lock:
+                    conn = self._connection()
+                    rows = conn.execute(self.dialect.sql(sql), list(params)).fetchall()
+                return [tuple(row) for row in rows]
+            except self._errors as exc:
+                with self._lock:
+                    self._drop()
+                if attempt == 1 and self._is_disconnect(exc):
+                    continue  # a stale connection (server restarted): reconnect once
+                raise AuditUnavailableError(
+                    f"{self.location}: cannot read the audit log: {exc}") from exc
+        raise AssertionError("unreachable")
 
     def _migrate(self, conn: Any) -> None:
         conn.execute(VERSIONS_TABLE)
@@ -213,23 +222,29 @@ class AuditStore:
         marks = ", ".join("?" * len(_STORED))
         sql = self.dialect.sql(
             f"INSERT INTO inspections ({', '.join(_STORED)}) VALUES ({marks}) RETURNING seq")
-        try:
-            with self._write() as conn:
-                values["created_at"] = self._next_timestamp()
-                seq = conn.execute(sql, [values[name] for name in _STORED]).fetchone()[0]
-        except self._errors as exc:
-            if self._is_unique_violation(exc):
-                if record.request_key is not None:
-                    earlier = self.get_by_key(record.request_key)
+        for attempt in (1, 2):
+            try:
+                with self._write() as conn:
+                    values["created_at"] = self._next_timestamp()
+                    seq = conn.execute(sql, [values[name] for name in _STORED]).fetchone()[0]
+                return replace(record, created_at=values["created_at"], seq=int(seq))
+            except self._errors as exc:
+                if self._is_unique_violation(exc):
+                    # A retry whose first commit went through, or a client's repeated key.
+                    earlier = self.get(record.id) if attempt == 2 else None
+                    if earlier is None and record.request_key is not None:
+                        earlier = self.get_by_key(record.request_key)
                     if earlier is not None:
                         return earlier
-                raise AuditLogError(
+                    raise AuditLogError(
+                        f"{self.location}: cannot write audit row {record.id}: {exc}") from exc
+                with self._lock:
+                    self._drop()
+                if attempt == 1 and self._is_disconnect(exc):
+                    continue
+                raise AuditUnavailableError(
                     f"{self.location}: cannot write audit row {record.id}: {exc}") from exc
-            with self._lock:
-                self._drop()
-            raise AuditUnavailableError(
-                f"{self.location}: cannot write audit row {record.id}: {exc}") from exc
-        return replace(record, created_at=values["created_at"], seq=int(seq))
+        raise AssertionError("unreachable")
 
     def add_verdict(self, verdict: Verdict) -> Verdict:
         """Store an operator's verdict beside its inspection's decision; return it as stored.
@@ -261,6 +276,7 @@ class AuditStore:
                 row = conn.execute(sql, [created, verdict.verdict, operator, verdict.note,
                                          verdict.inspection_id]).fetchone()
         except self._errors as exc:
+            # Not retried: a verdict whose commit went through would be stored twice.
             with self._lock:
                 self._drop()
             raise AuditUnavailableError(
