@@ -6,13 +6,13 @@ STAMP  := $(VENV)/.installed
 SHELL  := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: demo test lint typecheck unit browser-deps bench clean
+.PHONY: demo test lint typecheck unit browser-deps db-deps bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --progress-bar off -c constraints.txt -e '.[dev,lite12,faiss]' 2>&1 \
+	$(PY) -m pip install -q --progress-bar off -c constraints.txt -e '.[dev,lite12,faiss,postgres]' 2>&1 \
 	  | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
-	$(PY) -c 'import defectmap, torch, timm, torchvision'
+	$(PY) -c 'import defectmap, torch, timm, torchvision, psycopg'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -20,6 +20,9 @@ demo: $(STAMP)
 
 browser-deps:
 	@bash scripts/ensure-chromium.sh
+
+db-deps:
+	@bash scripts/ensure-postgres.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
@@ -30,7 +33,7 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q
 
-test: $(STAMP) browser-deps lint typecheck unit
+test: $(STAMP) browser-deps db-deps lint typecheck unit
 
 bench: $(STAMP)
 	$(PY) benchmarks/metrics.py
