@@ -13,7 +13,7 @@ answered ids, no duplicates, every request's ``Idempotency-Key`` in the log at m
 commit of main before this work), exported with ``git archive`` and run from its own source
 tree. The other configurations run this checkout. Usage::
 
-    .venv/bin/python benchmarks/load.py [--requests 400] [--repeats 1]
+    .venv/bin/python benchmarks/load.py [--requests 400] [--repeats 3]
     .venv/bin/python benchmarks/load.py --configs "workers=2" "workers=2,max_batch=4"
 
 Bounded: every request loop has a fixed count and a timeout; traffic goes to 127.0.0.1 only.
@@ -197,6 +197,7 @@ def main() -> int:
                         default=["workers=1", "workers=2", "workers=2,max_batch=4"],
                         help="'after' configurations: serve options as key=value,...")
     parser.add_argument("--clients", type=int, nargs="*", default=list(CLIENTS))
+    parser.add_argument("--repeats", type=int, default=3, help="rounds over all configs")
     args = parser.parse_args()
 
     rows, problems = [], []
@@ -211,8 +212,9 @@ def main() -> int:
         configs = [("before", _export_before(args.before, workdir), {})]
         configs += [(label, REPO / "src", opts) for label, opts in map(_parse_config,
                                                                       args.configs)]
-        for k, (label, src, options) in enumerate(configs):
-            db = workdir / f"audit-{k}.sqlite3"
+        runs = [(r, k, c) for r in range(args.repeats) for k, c in enumerate(configs)]
+        for r, k, (label, src, options) in runs:
+            db = workdir / f"audit-{r}-{k}.sqlite3"
             server, port = _start_server(label, src, model_dir, db, options)
             answered: list[str] = []
             try:
@@ -225,7 +227,7 @@ def main() -> int:
                     p50, p95, p99 = np.percentile(lat, [50, 95, 99])
                     rows.append((label, clients, len(results), len(ok), len(results) / wall,
                                  p50, p95, p99))
-                    print(f"{label:<24} {clients:3d} clients  n={len(results):4d}  "
+                    print(f"round {r + 1} {label:<24} {clients:3d} clients  n={len(results):4d}  "
                           f"ok={len(ok):4d}  {len(results) / wall:7.1f} req/s  p50 {p50:6.1f}  "
                           f"p95 {p95:6.1f}  p99 {p99:6.1f} ms", flush=True)
                     if len(ok) != len(results):
@@ -242,12 +244,17 @@ def main() -> int:
                 problems.append(f"{label}: audit rows ({len(logged)}) do not match the answered "
                                 f"requests ({len(answered)} + 20 warm-up) one to one")
 
-    before = {r[1]: r[4] for r in rows if r[0] == "before"}
-    print("\n| server | clients | requests | req/s | p50 ms | p95 ms | p99 ms | vs before |")
-    print("|---|---|---|---|---|---|---|---|")
-    for label, clients, n, _ok, rate, p50, p95, p99 in rows:
-        ratio = rate / before[clients] if clients in before else float("nan")
-        print(f"| {label} | {clients} | {n} | {rate:.1f} | {p50:.0f} | {p95:.0f} | {p99:.0f} | "
+    cells: dict[tuple[str, int], list[tuple]] = {}
+    for label, clients, _n, _ok, rate, p50, p95, p99 in rows:
+        cells.setdefault((label, clients), []).append((rate, p50, p95, p99))
+    median = {key: np.median(np.array(v), axis=0) for key, v in cells.items()}
+    print(f"\nmedians of {args.repeats} rounds, {args.requests} requests per cell")
+    print("| server | clients | req/s | p50 ms | p95 ms | p99 ms | vs before |")
+    print("|---|---|---|---|---|---|---|")
+    for (label, clients), (rate, p50, p95, p99) in median.items():
+        base = median.get(("before", clients))
+        ratio = rate / base[0] if base is not None else float("nan")
+        print(f"| {label} | {clients} | {rate:.1f} | {p50:.0f} | {p95:.0f} | {p99:.0f} | "
               f"{ratio:.2f}x |")
     for problem in problems:
         print(f"FAIL: {problem}", file=sys.stderr)

@@ -23,6 +23,7 @@ import pytest
 import uvicorn
 from PIL import Image
 
+from defectmap.calibrate.drift import drift_test
 from defectmap.cli._common import run_app
 from defectmap.data.io import read_image
 from defectmap.errors import DefectmapError
@@ -588,3 +589,53 @@ def test_since_accepts_an_offset_whose_plus_became_a_space():
     assert parse_timestamp("2026-11-29 07:00:00") == expected
     with pytest.raises(AuditLogError):
         parse_timestamp("yesterday")
+
+
+def test_service_on_both_backends(
+    model_dir: Path, images: dict[str, list[Path]], audit_db: str
+) -> None:
+    """The same HTTP calls on SQLite and PostgreSQL: idempotency, verdicts, paging, drift."""
+    # Room for one decoded 128 x 128 upload at a time (8 bytes per pixel reserved).
+    app = create_app(model_dir, db_path=audit_db, pending_bytes=128 * 128 * 8, drift_window=10)
+    service = app.state.service
+    with LiveServer(app) as live, httpx.Client(base_url=live.url, timeout=60) as http:
+        first = http.post("/v1/inspect", headers={"Idempotency-Key": "cam1-0001"},
+                          files={"image": ("a.png", images["good"][0].read_bytes())})
+        again = http.post("/v1/inspect", headers={"Idempotency-Key": "cam1-0001"},
+                          files={"image": ("a.png", images["good"][0].read_bytes())})
+        assert first.status_code == again.status_code == 200
+        assert again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
+        assert "idempotent-replayed" not in first.headers
+
+        def send(path: Path) -> dict[str, Any]:
+            with httpx.Client(base_url=live.url, timeout=120) as client:
+                response = post_image(client, path)
+            assert response.status_code == 200, response.text
+            return response.json()
+
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            answers = list(pool.map(send, (images["good"] * 2)[:12]))
+        assert service.pending.peak == 128 * 128 * 8  # one decoded upload in flight at a time
+        assert service.pending.in_use == 0
+        assert http.get("/healthz").json()["inspections"] == 13
+        trail, cursor = [], 0
+        while page := http.get("/v1/inspections", params={"after": cursor, "limit": 5}).json()[
+                "inspections"]:
+            trail += page
+            cursor = page[-1]["seq"]
+        seen = [r["id"] for r in trail]
+        assert seen[0] == first.json()["id"] and set(seen[1:]) == {a["id"] for a in answers}
+        verdict = http.post(answers[0]["links"]["verdict"],
+                            json={"verdict": "defect", "operator": "ana", "note": "chip"})
+        assert verdict.status_code == 200 and verdict.json()["operator"] == "ana"
+        row = http.get(answers[0]["links"]["self"]).json()
+        assert row["verdict"]["verdict"] == "defect" and row["decision"] == answers[0]["decision"]
+
+        drift = http.get("/v1/health/drift").json()
+        cal = service.model.calibration
+        passed = [r["score"] for r in trail if r["decision"] == "ok"]  # in log order
+        expected = drift_test(cal.val_scores, cal.image_threshold, passed, window=10)
+        assert drift["n_parts"] == expected.n_parts == min(10, len(passed))
+        assert (drift["status"], drift["n_above"]) == (expected.status, expected.n_above)
+        assert drift["p_value"] == pytest.approx(expected.p_value)
+        assert drift["alpha"] == 0.001 and "beta-binomial" in drift["test"]
