@@ -60,6 +60,16 @@ def test_shift_is_caught_in_both_directions() -> None:
     assert result.alarm and result.direction == "up" and result.p_value < 0.001
 
 
+def test_betabinomial_law_matches_scipy() -> None:
+    from scipy.stats import betabinom
+
+    from defectmap.calibrate.drift import betabinom_pmf
+
+    for n, a, b in ((100, 10, 11), (37, 0.5, 3.0), (5, 1, 1)):
+        np.testing.assert_allclose(betabinom_pmf(n, a, b), betabinom.pmf(np.arange(n + 1), n, a, b),
+                                   rtol=1e-10, atol=1e-15)
+
+
 def test_collecting_and_bad_settings() -> None:
     val = np.linspace(0, 1, 21)
     result = drift_test(val, 1.0, [0.1, 0.9], window=50)

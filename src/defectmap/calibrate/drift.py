@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.stats import betabinom
+from scipy.special import betaln, gammaln
 
 from defectmap.calibrate.conformal import CalibrationError
 
@@ -80,6 +80,22 @@ class DriftResult:
         return asdict(self)
 
 
+def betabinom_pmf(n: int, a: float, b: float) -> np.ndarray:
+    """``P(X = x)`` for ``x = 0..n`` of ``X ~ BetaBinomial(n, a, b)``, shape (n + 1,), float64.
+
+    ``C(n, x) B(x + a, n - x + b) / B(a, b)``, in log space (``scipy.stats`` is not imported:
+    it pulls in array-API helpers this torch-free layer does not need).
+
+    Examples
+    --------
+    >>> betabinom_pmf(2, 1, 1).round(4).tolist()  # uniform: every count equally likely
+    [0.3333, 0.3333, 0.3333]
+    """
+    x = np.arange(n + 1, dtype=np.float64)
+    log_choose = gammaln(n + 1) - gammaln(x + 1) - gammaln(n - x + 1)
+    return np.exp(log_choose + betaln(x + a, n - x + b) - betaln(a, b))
+
+
 def drift_test(
     val_scores: ArrayLike,
     image_threshold: float,
@@ -122,9 +138,9 @@ def drift_test(
         return DriftResult("collecting", False, None, n_parts, n_above, expected,
                            None if n_parts == 0 else n_above / n_parts, reference, window,
                            alpha, None)
-    law = betabinom(n_parts, k - j, j)
-    upper = float(law.sf(n_above - 1))  # P(X >= x)
-    lower = float(law.cdf(n_above))  # P(X <= x)
+    pmf = betabinom_pmf(n_parts, k - j, j)
+    upper = float(pmf[n_above:].sum())  # P(X >= x)
+    lower = float(pmf[: n_above + 1].sum())  # P(X <= x)
     p_value = min(1.0, 2.0 * min(upper, lower))
     alarm = p_value < alpha
     direction = None
