@@ -188,3 +188,46 @@ def test_real_bottle_copy_with_truncated_image_and_deleted_mask(bottle_root, tmp
     assert ("unreadable_image", "test/broken_large/000.png") in named
     assert ("mask_missing", "ground_truth/broken_large/001_mask.png") in named
     assert any("test/broken_large/001.png" in p["message"] for p in problems)
+
+
+# --------------------------------------------------------------------------- other layouts
+def test_every_layout_is_checked_with_its_own_rules(tmp_path):
+    from defectmap.data.synth_layouts import make_layout_dataset
+
+    for layout in ("loco", "mvtec_ad2", "visa", "realiad"):
+        make_layout_dataset(layout, tmp_path / layout, category="c1", size=48)
+        report = check_dataset(tmp_path / layout)
+        (cat,) = report.categories
+        assert report.ok, (layout, report.problems)
+        assert cat.layout == layout and not cat.official and cat.n_masks > 0
+    visa = check_dataset(tmp_path / "visa").categories[0]
+    assert visa.n_masks == 4 and visa.n_regions >= 4  # class-index masks: not "not binary"
+    loco = check_dataset(tmp_path / "loco").categories[0]
+    assert loco.counts == {"train/good": 12, "validation/good": 4, "test/good": 4,
+                           "test/logical_anomalies": 4, "test/structural_anomalies": 4}
+    assert loco.n_masks == loco.n_regions == 12  # one defect per mask file
+    ad2 = check_dataset(tmp_path / "mvtec_ad2" / "c1").categories[0]
+    assert ad2.counts["test_private"] == ad2.counts["test_private_mixed"] == 4
+
+
+def test_loco_unknown_mask_value_and_official_counts(tmp_path, capsys):
+    from defectmap.data.synth_layouts import make_loco_dataset
+
+    folder = make_loco_dataset(tmp_path, "pushpins", n_train=2, n_validation=1, n_good=1,
+                               n_logical=1, n_structural=1, size=48)
+    mask = folder / "ground_truth/logical_anomalies/000/000.png"
+    values = np.asarray(Image.open(mask)).copy()
+    values[values > 0] = 7
+    Image.fromarray(values).save(mask)
+    report = check_dataset(tmp_path)
+    unknown = "pushpins/ground_truth/logical_anomalies/000/000.png"
+    assert _kinds(report)["mask_unknown_value"] == [unknown]
+    (cat,) = report.categories
+    assert cat.official and cat.official_counts()["test/logical_anomalies"] == 91
+    mismatch = {p.path.relative_to(tmp_path).as_posix(): p.message for p in report.problems
+                if p.kind == "count_mismatch"}
+    assert mismatch["pushpins/validation/good"] == \
+        "1 validation images, official MVTec LOCO AD count is 69"
+    assert run_app(["data", "check", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "MVTec LOCO AD layout, official" in out and "mask_unknown_value" in out

@@ -284,7 +284,9 @@ def train_model(
     pixel_fpr : target pixel false-positive rate on good validation pixels.
     min_region_area : smallest region (pixels) kept in predicted masks.
     validation_images : a separate folder's good images (paths) used for calibration instead
-        of a split; then every ``train/good`` image fits the detector.
+        of a split; then every ``train/good`` image fits the detector. Default: the
+        dataset's own validation split when it has one (MVTec LOCO AD, MVTec AD 2), else a
+        split of ``train/good``.
     batch_size : images per forward pass when scoring the validation images.
     progress : reports ``(task, done, total)`` of the fit and of the validation scoring
         (see :mod:`defectmap.progress`).
@@ -311,7 +313,10 @@ def train_model(
     if not good:
         raise DatasetError(f"{category_data.root}: no good training images to fit on")
     validation: list[Sample] | list[Path]
-    if validation_images is None:
+    if validation_images is None and category_data.validation:
+        fit_samples, validation = good, list(category_data.validation)
+        source = "validation split of the dataset"
+    elif validation_images is None:
         fit_samples, validation = split_validation(good, val_ratio, min_val, random_state)
         source = "split of train/good"
     else:

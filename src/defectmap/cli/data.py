@@ -33,22 +33,24 @@ def check(
         print(json.dumps(report.to_dict(), indent=2))
     else:
         for cat in report.categories:
-            title = f"{cat.name}  ({cat.layout} layout, {cat.kind or 'custom'}"
+            kind = cat.kind or ("official" if cat.official else "custom")
+            title = f"{cat.name}  ({cat.dataset} layout, {kind}"
             title += ", masks)" if cat.has_masks else ", no masks)"
             table = Table(title=title, title_justify="left")
             for column in ("split", "folder", "images", "official"):
                 table.add_column(column, justify="right" if column != "folder" else "left")
             official = cat.official_counts()
-            table.add_row("train", "good", str(cat.n_train),
-                          "-" if official is None else str(official[0]))
-            for folder, n in cat.test_counts.items():
-                ref = None if official is None else official[1][folder]
-                table.add_row("test", folder, str(n), "-" if ref is None else str(ref))
+            keys = list(cat.counts) + [k for k in (official or {}) if k not in cat.counts]
+            for key in keys:
+                split, _, folder = key.partition("/")
+                ref = None if official is None else official.get(key)
+                table.add_row(split, folder or "-", str(cat.counts.get(key, 0)),
+                              "-" if ref is None else str(ref))
             console.print(table)
             sizes = ", ".join(f"{k} ({v})" for k, v in cat.image_sizes.items()) or "-"
             modes = ", ".join(f"{k} ({v})" for k, v in cat.image_modes.items()) or "-"
             console.print(f"  train {cat.n_train}, test {cat.n_test}, masks {cat.n_masks}, "
-                          f"defect regions {cat.n_regions}", highlight=False)
+                          f"defects {cat.n_regions}", highlight=False)
             console.print(f"  image sizes: {sizes}; modes: {modes}", highlight=False)
             for problem in cat.problems:
                 # soft_wrap: never break a path across lines (users copy and grep them)
@@ -66,8 +68,11 @@ def check(
 @data_app.command("synth")
 def synth(
     out: Path = typer.Argument(..., help="Dataset root to write into (OUT/CATEGORY/...)."),
-    category: str = typer.Option(..., "--category", help="Category (product) name."),
-    kind: str = typer.Option("object", "--kind", help="object or texture."),
+    category: str = typer.Option(None, "--category",
+                                 help="Category (product) name; default synth_<layout>."),
+    layout: str = typer.Option(
+        "mvtec", "--layout", help="mvtec, loco, mvtec_ad2, visa or realiad."),
+    kind: str = typer.Option("object", "--kind", help="object or texture (mvtec layout)."),
     n_train: int = typer.Option(60, "--n-train", help="Good training images."),
     n_test: int = typer.Option(40, "--n-test", help="Test images (half of them defective)."),
     size: int = typer.Option(256, "--size", help="Image side in pixels."),
@@ -75,37 +80,65 @@ def synth(
     seed: int = typer.Option(0, "--seed", help="Same seed, same bytes."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT/CATEGORY."),
 ) -> None:
-    """Write a synthetic dataset in the MVTec AD layout, with pixel-exact masks."""
+    """Write a synthetic dataset in a published layout, with pixel-exact masks.
+
+    Example: defectmap data synth data/loco --layout loco --n-test 24
+    """
     from defectmap.data.synth import make_synthetic_dataset
+    from defectmap.data.synth_layouts import LAYOUTS, make_layout_dataset
     from defectmap.errors import DatasetError
 
-    if kind not in ("object", "texture"):
-        raise DatasetError(f"--kind must be 'object' or 'texture', not {kind!r}")
-    with progress_display() as progress:
-        folder = make_synthetic_dataset(
-            out, category=category, kind=kind,  # type: ignore[arg-type]
-            n_train=n_train, n_test=n_test, size=size, grayscale=grayscale, seed=seed,
-            overwrite=overwrite, progress=progress,
-        )
+    if layout == "mvtec":
+        if kind not in ("object", "texture"):
+            raise DatasetError(f"--kind must be 'object' or 'texture', not {kind!r}")
+        with progress_display() as progress:
+            folder = make_synthetic_dataset(
+                out, category=category or "synthetic", kind=kind,  # type: ignore[arg-type]
+                n_train=n_train, n_test=n_test, size=size, grayscale=grayscale, seed=seed,
+                overwrite=overwrite, progress=progress,
+            )
+    elif layout in LAYOUTS:
+        if grayscale or kind != "object":
+            raise DatasetError("--grayscale and --kind apply to the mvtec layout only")
+        n_bad = n_test // 2
+        counts = {"loco": {"n_logical": (n_bad + 1) // 2, "n_structural": n_bad // 2,
+                           "n_good": n_test - n_bad, "n_validation": max(1, n_train // 6)},
+                  "mvtec_ad2": {"n_bad": n_bad, "n_good": n_test - n_bad,
+                                "n_validation": max(1, n_train // 6),
+                                "n_private": max(1, n_test // 4)},
+                  "visa": {"n_bad": n_bad, "n_good": n_test - n_bad},
+                  "realiad": {"n_bad": n_bad, "n_good": n_test - n_bad}}[layout]
+        folder = make_layout_dataset(layout, out, category=category or f"synth_{layout}",
+                                     n_train=n_train, size=size, seed=seed,
+                                     overwrite=overwrite, **counts)
+    else:
+        raise DatasetError(f"--layout must be mvtec or one of {', '.join(LAYOUTS)}, "
+                           f"not {layout!r}")
     console.print(f"wrote {folder}", highlight=False)
 
 
 @data_app.command("download")
 def download(
     root: Path = typer.Argument(..., help="Dataset root to extract categories into."),
+    dataset: str = typer.Option(
+        "mvtec_ad", "--dataset", help="mvtec_ad, loco, mvtec_ad2 or visa."),
     category: list[str] = typer.Option(
-        None, "--category", "-c", help="Category to download (repeatable); default: all 15."
+        None, "--category", "-c", help="Category to download (repeatable); default: all."
     ),
     manifest: Path = typer.Option(
         None, "--manifest", help="JSON archive table {name: {url, sha256}} (default: official)."
     ),
     base_url: str = typer.Option(None, "--base-url", help="Mirror serving the same archives."),
 ) -> None:
-    """Download MVTec AD categories (resumable, SHA-256 verified, extracted atomically)."""
-    from defectmap.data.download import download_mvtec
+    """Download a dataset's categories (resumable, SHA-256 verified, extracted atomically).
+
+    Example: defectmap data download data/loco --dataset loco --category pushpins
+    """
+    from defectmap.data.download import download_dataset
 
     with progress_display() as progress:
-        folders = download_mvtec(root, categories=list(category) if category else None,
-                                 base_url=base_url, manifest=manifest, progress=progress)
+        folders = download_dataset(dataset, root,
+                                   categories=list(category) if category else None,
+                                   base_url=base_url, manifest=manifest, progress=progress)
     for folder in folders:
         console.print(f"ready: {folder}", highlight=False)

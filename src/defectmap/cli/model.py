@@ -70,7 +70,7 @@ def fit_command(
     out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
 ) -> None:
     """Train a detector on the good training images and calibrate its thresholds."""
-    from defectmap.data.mvtec import load_category
+    from defectmap.data.layouts import load_category
     from defectmap.pipeline import train_model
 
     params = _detector_params(backbone, image_size)
@@ -141,6 +141,23 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
                   _fmt(metrics.get("pixel_auroc")), _fmt(metrics.get("aupro")),
                   _fmt(metrics.get("f1_max")), str(metrics.get("n_images")), style="bold")
     console.print(table)
+    console.print(f"protocol: {metrics.get('protocol', 'mvtec_ad')}", highlight=False)
+    loco = metrics.get("loco")
+    if loco:
+        limits = list(loco["auc_spro"]["mean"])
+        console.print(f"MVTec LOCO AD ({loco['mode']} mode), AU-sPRO at "
+                      f"{', '.join(limits)} and image AUROC:", highlight=False)
+        for kind in ("logical_anomalies", "structural_anomalies", "mean"):
+            values = " ".join(_fmt(loco["auc_spro"][kind][lim]) for lim in limits)
+            console.print(f"  {kind:<22} {values}  AUROC {_fmt(loco['auc_roc'][kind])}",
+                          highlight=False)
+    seg = metrics.get("segmentation")
+    if seg:
+        console.print(f"SegF1 {_fmt(seg['seg_f1'])} at threshold {seg['threshold']:.6g} "
+                      f"({seg['threshold_rule']})", highlight=False, soft_wrap=True)
+    if metrics.get("submission"):
+        console.print(f"private test sets written for upload: {metrics['submission']}",
+                      highlight=False)
 
 
 @app.command(
@@ -153,13 +170,22 @@ def evaluate_command(
     dataset_root: Path = typer.Argument(..., help="Dataset root (or a category folder)."),
     category: str | None = typer.Option(None, "--category", "-c", help="Category to test."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (replaced atomically)."),
-    fpr_limit: float = typer.Option(DEFAULT_FPR_LIMIT, "--fpr-limit",
-                                    help="Integration limit of AU-PRO."),
+    fpr_limit: float = typer.Option(
+        None, "--fpr-limit",
+        help=f"Integration limit of AU-PRO (default {DEFAULT_FPR_LIMIT:g}; MVTec AD 2: 0.05)."),
     batch_size: int = typer.Option(1, "--batch-size", help="Images per forward pass."),
     no_maps: bool = typer.Option(False, "--no-maps", help="Do not write the TIFF maps."),
+    loco_official: bool = typer.Option(
+        False, "--loco-official",
+        help="MVTec LOCO AD: AU-sPRO with the official adaptive thresholds (default: exact)."),
 ) -> None:
-    """Run the MVTec AD protocol on the test split: metrics.json, maps and report.html."""
-    from defectmap.data.mvtec import load_category
+    """Run the test split in the protocol of the dataset's layout: metrics.json, maps, report.
+
+    MVTec AD, VisA, Real-IAD: the MVTec AD metrics. MVTec LOCO AD: also AU-sPRO and image
+    AUROC per anomaly type. MVTec AD 2: AU-PRO at 0.05, SegF1 at the validation threshold,
+    and the private test sets written in the upload layout (OUT/submission).
+    """
+    from defectmap.data.layouts import load_category
     from defectmap.evaluate.protocol import evaluate_model
     from defectmap.pipeline import load_model
 
@@ -168,7 +194,8 @@ def evaluate_command(
     with progress_display() as progress:
         metrics = evaluate_model(model, data, out, fpr_limit=fpr_limit,
                                  write_maps=not no_maps, batch_size=batch_size,
-                                 progress=progress)
+                                 progress=progress,
+                                 loco_mode="official" if loco_official else "exact")
     _print_metrics(metrics)
     console.print(f"report: {Path(out) / 'report.html'}")
 
@@ -242,18 +269,24 @@ def benchmark_command(
 def demo_command(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Output folder."),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic data and the fit."),
+    layout: str = typer.Option(
+        "mvtec", "--layout", help="Dataset layout: mvtec, loco, mvtec_ad2, visa or realiad."),
 ) -> None:
     """Synthesise a small dataset, fit the default detector, evaluate it, print the table.
 
-    Runs offline in well under a minute on 2 CPU cores.
+    Runs offline in well under a minute on 2 CPU cores. --layout demonstrates another
+    dataset's reader and protocol (e.g. loco: AU-sPRO per anomaly type).
     """
     from defectmap.demo import run_demo
 
     start = time.perf_counter()
     with _warnings_as_lines(), progress_display() as progress:
-        result = run_demo(out, seed, on_result=_on_result, progress=progress)
-    console.print(f"synthetic dataset: {result['dataset']} ({result['n_train']} train, "
-                  f"{result['n_test']} test images, {result['size']} px)")
+        result = run_demo(out, seed, layout=layout, on_result=_on_result, progress=progress)
+    console.print(f"synthetic dataset ({result['layout']} layout): {result['dataset']} "
+                  f"({result['n_train']} train, {result['n_test']} test images, "
+                  f"{result['size']} px)")
     _print_benchmark(result, Path(out))
+    if result["layout"] != "mvtec":
+        _print_metrics(result["rows"][0])
     console.print(f"demo finished in {time.perf_counter() - start:.0f} s; open "
                   f"{result['rows'][0]['report']}")

@@ -1,22 +1,32 @@
-"""Dataset integrity checks behind ``defectmap data check``.
+"""Dataset integrity checks behind ``defectmap data check``, for every layout.
 
-:func:`check_dataset` scans every category's layout (see :mod:`defectmap.data.mvtec`), then
-verifies every image (PNG: CRC-32 of every chunk up to ``IEND``, which finds truncated and
-corrupted files without decompressing; other formats, or all with ``full=True``: a complete
-decode), decodes every mask, and reports, with paths, each of these problem kinds:
+:func:`check_dataset` reads every category with its layout's reader (see
+:mod:`defectmap.data.layouts`), then verifies every image of every split (PNG: CRC-32 of
+every chunk up to ``IEND``, which finds truncated and corrupted files without
+decompressing; other formats, or all with ``full=True``: a complete decode), decodes every
+mask, compares the counts with the published ones (:mod:`defectmap.data.official`) and
+reports, with paths, each of these problem kinds:
 
 =======================  ==================================================================
 ``layout``               a required folder (``train/good``, ``test``) is missing
+``missing_split``        a layout's own split folder (``validation/good``) is missing
 ``no_images``            a category has no training image or no test image
 ``unreadable_image``     an image cannot be read: not an image, truncated, corrupt, too big
 ``unreadable_mask``      a mask cannot be read
-``mask_missing``         a defective image has no mask (when ``ground_truth/`` exists)
+``mask_missing``         a defective image has no mask (when the layout has masks)
 ``mask_orphan``          a mask (or mask folder) has no matching image
 ``mask_size_mismatch``   a mask's width x height differs from its image's
-``mask_not_binary``      a mask has more than one nonzero value
+``mask_not_binary``      a mask has more than one nonzero value (VisA masks hold class
+                         indices and are binarised: not reported there)
 ``mask_empty``           a defective image's mask has no defect pixel
+``mask_unknown_value``   a MVTec LOCO AD mask value that ``defects_config.json`` lacks
+``invalid_config``       an invalid ``defects_config.json`` (MVTec LOCO AD)
+``invalid_split``        a malformed split file or entry (VisA CSV, Real-IAD JSON)
+``missing_file``         a split file entry points to a missing image
+``label_mismatch``       VisA's split CSV and ``image_anno.csv`` disagree
+``unlisted_file``        a VisA image that no split row lists
 ``unexpected_file``      a file or folder that does not belong to the layout
-``count_mismatch``       an official MVTec AD category has other counts than published
+``count_mismatch``       an official category has other counts than published
 =======================  ==================================================================
 
 Files are checked in a few threads (Pillow releases the GIL while decoding).
@@ -33,17 +43,15 @@ from typing import Any
 
 import numpy as np
 
-from defectmap.constants import MVTEC_TEST_COUNTS, MVTEC_TRAIN_COUNTS
+from defectmap.constants import MVTEC_AD2_CATEGORIES, MVTEC_AD2_TOTALS
+from defectmap.data import layouts
 from defectmap.data.io import read_mask_values, verify_image
-from defectmap.data.mvtec import (
-    Problem,
-    category_kind,
-    is_category_dir,
-    is_grayscale_category,
-    list_categories,
-    scan_category,
-)
-from defectmap.data.records import GOOD, CategoryData, Sample
+from defectmap.data.loco import check_loco_masks
+from defectmap.data.mvtec import category_kind, is_category_dir, is_grayscale_category
+from defectmap.data.official import DATASET_NAMES, found_counts, official_counts
+from defectmap.data.realiad import is_realiad_root
+from defectmap.data.records import GOOD, CategoryData, DefectConfig, Problem, Sample
+from defectmap.data.visa import is_visa_root
 from defectmap.errors import DatasetError, ImageReadError
 from defectmap.metrics import label_regions
 from defectmap.progress import ProgressCallback, track
@@ -58,13 +66,16 @@ class CategoryReport:
     Attributes
     ----------
     name, root, layout, has_masks : as in :class:`~defectmap.data.records.CategoryData`.
-    kind : ``"texture"`` / ``"object"`` for official categories, else ``None``.
-    official : whether the name is one of the 15 MVTec AD categories (counts compared).
-    grayscale : official colour flag; ``None`` for other categories.
+    kind : ``"texture"`` / ``"object"`` for official MVTec AD categories, else ``None``.
+    official : whether published counts exist for this category (and were compared).
+    grayscale : official MVTec AD colour flag; ``None`` for other categories.
     n_train : training images.
     test_counts : test images per folder (``good`` and each defect type).
-    n_masks : masks paired to images.
-    n_regions : 8-connected defect regions over all masks.
+    counts : images per ``"split/folder"`` over every split (``"validation/good"``,
+        ``"test_private"``, ...), the keys :func:`official_counts` uses.
+    n_masks : mask files paired to images.
+    n_regions : defect regions: 8-connected components, or one per mask file in MVTec LOCO
+        AD (where a mask is one defect).
     image_sizes : ``"WxH" -> count`` over all images.
     image_modes : Pillow mode (``"RGB"``, ``"L"``, ...) -> count over all images.
     problems : problems of this category.
@@ -79,6 +90,7 @@ class CategoryReport:
     grayscale: bool | None
     n_train: int = 0
     test_counts: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
     n_masks: int = 0
     n_regions: int = 0
     image_sizes: dict[str, int] = field(default_factory=dict)
@@ -90,16 +102,21 @@ class CategoryReport:
         """Number of test images."""
         return sum(self.test_counts.values())
 
-    def official_counts(self) -> tuple[int, dict[str, int]] | None:
-        """Published ``(train, {test folder: count})`` of an official category, else None.
+    @property
+    def dataset(self) -> str:
+        """The dataset's name for this layout (``"MVTec LOCO AD"``)."""
+        return DATASET_NAMES.get(self.layout, self.layout)
 
-        The test folders are those found on disk plus the published ones (0 when absent).
+    def official_counts(self) -> dict[str, int] | None:
+        """Published ``{"split/folder": count}`` of an official category, else None.
+
+        The keys are those found on disk plus the published ones (0 when not published).
         """
-        if not self.official:
+        expected = official_counts(self.layout, self.name)
+        if expected is None:
             return None
-        expected = MVTEC_TEST_COUNTS[self.name]
-        folders = list(self.test_counts) + [f for f in expected if f not in self.test_counts]
-        return MVTEC_TRAIN_COUNTS[self.name], {f: expected.get(f, 0) for f in folders}
+        keys = list(self.counts) + [k for k in expected if k not in self.counts]
+        return {k: expected.get(k, 0) for k in keys if k in expected or "/" in k}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -114,6 +131,8 @@ class CategoryReport:
             "n_train": self.n_train,
             "n_test": self.n_test,
             "test_counts": dict(self.test_counts),
+            "counts": dict(self.counts),
+            "official_counts": self.official_counts(),
             "n_masks": self.n_masks,
             "n_regions": self.n_regions,
             "image_sizes": dict(self.image_sizes),
@@ -153,96 +172,122 @@ class CheckReport:
 class _SampleResult:
     size: tuple[int, int] | None = None
     mode: str | None = None
-    has_mask: bool = False
+    n_masks: int = 0
     n_regions: int = 0
     problems: list[Problem] = field(default_factory=list)
 
 
-def _check_sample(sample: Sample, full: bool) -> _SampleResult:
-    """Verify one image (and decode its mask) and report what is wrong with them."""
+def _check_mask(path: Path, sample: Sample, size: tuple[int, int] | None,
+                binarised: bool, result: _SampleResult) -> None:
+    """Decode one single-defect-value mask and add what is wrong with it to ``result``."""
+    try:
+        values = read_mask_values(path)
+    except ImageReadError as exc:
+        result.problems.append(Problem("unreadable_mask", path, str(exc)))
+        return
+    mask_size = (values.shape[1], values.shape[0])
+    if size is not None and mask_size != size:
+        result.problems.append(Problem(
+            "mask_size_mismatch", path,
+            f"mask is {mask_size[0]}x{mask_size[1]} but image {sample.path.name} is "
+            f"{size[0]}x{size[1]}"))
+    nonzero = np.unique(values[values > 0])
+    if nonzero.size > 1 and not binarised:
+        shown = ", ".join(str(v) for v in nonzero[:5])
+        result.problems.append(Problem(
+            "mask_not_binary", path,
+            f"mask has {nonzero.size} different nonzero values ({shown}...), expected 0 and one "
+            f"defect value such as 255"))
+    if nonzero.size == 0:
+        result.problems.append(Problem(
+            "mask_empty", path, f"mask of defective image {sample.path.name} has no defect pixel"))
+    else:
+        result.n_regions += label_regions(values > 0)[1]
+
+
+def _check_sample(sample: Sample, full: bool, layout: str,
+                  defects: tuple[DefectConfig, ...]) -> _SampleResult:
+    """Verify one image (and decode its masks) and report what is wrong with them."""
     result = _SampleResult()
     try:
         width, height, mode = verify_image(sample.path, full=full)
         result.size, result.mode = (width, height), mode
     except ImageReadError as exc:
         result.problems.append(Problem("unreadable_image", sample.path, str(exc)))
-    if sample.mask_path is None:
+    if not sample.masks:
         return result
-    result.has_mask = True
-    try:
-        values = read_mask_values(sample.mask_path)
-    except ImageReadError as exc:
-        result.problems.append(Problem("unreadable_mask", sample.mask_path, str(exc)))
+    result.n_masks = len(sample.masks)
+    if layout == "loco":  # one defect per file, its value from defects_config.json
+        problems, found = check_loco_masks(sample, defects, result.size)
+        result.problems += problems
+        result.n_regions += len(found)
         return result
-    mask_size = (values.shape[1], values.shape[0])
-    if result.size is not None and mask_size != result.size:
-        result.problems.append(Problem(
-            "mask_size_mismatch", sample.mask_path,
-            f"mask is {mask_size[0]}x{mask_size[1]} but image {sample.path.name} is "
-            f"{result.size[0]}x{result.size[1]}"))
-    nonzero = np.unique(values[values > 0])
-    if nonzero.size > 1:
-        shown = ", ".join(str(v) for v in nonzero[:5])
-        result.problems.append(Problem(
-            "mask_not_binary", sample.mask_path,
-            f"mask has {nonzero.size} different nonzero values ({shown}...), expected 0 and one "
-            f"defect value such as 255"))
-    if nonzero.size == 0:
-        result.problems.append(Problem(
-            "mask_empty", sample.mask_path,
-            f"mask of defective image {sample.path.name} has no defect pixel"))
-    else:
-        _, result.n_regions = label_regions(values > 0)
+    for path in sample.masks:
+        _check_mask(path, sample, result.size, layout == "visa", result)
     return result
 
 
+def _count_problem(data: CategoryData, key: str, found: int, expected: int,
+                   dataset: str) -> Problem:
+    split, _, folder = key.partition("/")
+    what = {"train": f"{found} training images", "validation": f"{found} validation images",
+            "test": f"{found} test images in test/{folder}/"}.get(split,
+                                                                 f"{found} images in {key}/")
+    if data.layout == "visa":  # the split file decides the counts
+        path = data.root.parent / "split_csv" / "1cls.csv"
+    elif data.layout == "mvtec_ad2" and split == "test":
+        path = data.root / "test_public" / folder
+    else:
+        path = data.root / key
+    return Problem("count_mismatch", path, f"{what}, official {dataset} count is {expected}")
+
+
 def _compare_official(report: CategoryReport, data: CategoryData) -> None:
-    expected_test = MVTEC_TEST_COUNTS[report.name]
-    expected_train = MVTEC_TRAIN_COUNTS[report.name]
-    if report.n_train != expected_train:
-        report.problems.append(Problem(
-            "count_mismatch", data.root / "train" / GOOD,
-            f"{report.n_train} training images, official MVTec AD count is {expected_train}"))
-    for folder in sorted(set(expected_test) | set(report.test_counts)):
-        found, expected = report.test_counts.get(folder, 0), expected_test.get(folder, 0)
-        if found != expected:
+    expected = report.official_counts()
+    assert expected is not None
+    for key, n in expected.items():
+        found = report.counts.get(key, 0)
+        if found != n:
+            report.problems.append(_count_problem(data, key, found, n, report.dataset))
+    if data.layout == "mvtec" and report.has_masks:
+        n_masks = sum(n for k, n in expected.items() if k.startswith("test/") and k != "test/good")
+        if report.n_masks != n_masks:
             report.problems.append(Problem(
-                "count_mismatch", data.root / "test" / folder,
-                f"{found} test images in test/{folder}/, official MVTec AD count is {expected}"))
-    expected_masks = sum(n for f, n in expected_test.items() if f != GOOD)
-    if report.has_masks and report.n_masks != expected_masks:
-        report.problems.append(Problem(
-            "count_mismatch", data.root / "ground_truth",
-            f"{report.n_masks} masks, official MVTec AD count is {expected_masks}"))
+                "count_mismatch", data.root / "ground_truth",
+                f"{report.n_masks} masks, official {report.dataset} count is {n_masks}"))
 
 
 def _check_category(
-    folder: Path, workers: int, full: bool, progress: ProgressCallback | None
+    root: Path, category: str | None, workers: int, full: bool,
+    progress: ProgressCallback | None,
 ) -> CategoryReport:
-    data, problems = scan_category(folder)
-    official = data.name in MVTEC_TRAIN_COUNTS and data.layout == "mvtec"
+    data, problems = layouts.scan_any(root, category)
+    official = official_counts(data.layout, data.name) is not None
+    mvtec = data.layout == "mvtec" and official
     report = CategoryReport(
         name=data.name, root=data.root, layout=data.layout, has_masks=data.has_masks,
-        kind=category_kind(data.name), official=official,
-        grayscale=is_grayscale_category(data.name) if official else None,
+        kind=category_kind(data.name) if mvtec else None, official=official,
+        grayscale=is_grayscale_category(data.name) if mvtec else None,
         problems=list(problems),
     )
     report.n_train = len(data.train)
     counts = Counter(s.defect_type for s in data.test)
     report.test_counts = dict(sorted(counts.items(), key=lambda kv: (kv[0] != GOOD, kv[0])))
+    report.counts = found_counts(data)
     if not data.train:
         report.problems.append(Problem("no_images", data.root, "no training images"))
     if not data.test:
         report.problems.append(Problem("no_images", data.root, "no test images"))
 
-    samples = data.train + data.test
+    samples = data.train + data.validation + data.test + [
+        s for split in data.unlabeled.values() for s in split]
     sizes: Counter[str] = Counter()
     modes: Counter[str] = Counter()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(lambda s: _check_sample(s, full), samples)
+        results = pool.map(lambda s: _check_sample(s, full, data.layout, data.defects), samples)
         for result in track(results, f"checking {data.name}", progress, len(samples)):
             report.problems += result.problems
-            report.n_masks += int(result.has_mask)
+            report.n_masks += result.n_masks
             report.n_regions += result.n_regions
             if result.size is not None:
                 sizes[f"{result.size[0]}x{result.size[1]}"] += 1
@@ -253,6 +298,23 @@ def _check_category(
     if official:
         _compare_official(report, data)
     return report
+
+
+def _ad2_totals(report: CheckReport) -> None:
+    """With all eight MVTec AD 2 categories checked, compare the dataset totals too."""
+    cats = [c for c in report.categories if c.layout == "mvtec_ad2"]
+    if sorted(c.name for c in cats) != sorted(MVTEC_AD2_CATEGORIES):
+        return
+    found = {"train": sum(c.counts.get("train/good", 0) for c in cats),
+             "validation": sum(c.counts.get("validation/good", 0) for c in cats),
+             "good": sum(c.counts.get("test/good", 0) for c in cats),
+             "bad": sum(c.counts.get("test/bad", 0) for c in cats)}
+    for key, n in MVTEC_AD2_TOTALS.items():
+        if found[key] != n:
+            cats[0].problems.append(Problem(
+                "count_mismatch", report.root,
+                f"{found[key]} {key} images over the 8 categories, official MVTec AD 2 total "
+                f"is {n}"))
 
 
 def check_dataset(
@@ -289,15 +351,19 @@ def check_dataset(
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset folder not found")
     workers = workers or min(4, os.cpu_count() or 1)
-    if is_category_dir(root):
-        folders = [root]
+    root_level = is_visa_root(root) or is_realiad_root(root)
+    if not root_level and layouts.is_category_folder(root):
+        targets: list[tuple[Path, str | None]] = [(root, None)]
     else:
-        names = categories or list_categories(root)
+        names = categories or layouts.list_categories(root)
         if not names:
             raise DatasetError(f"{root}: no category folders found (expected e.g. {root}/bottle)")
-        folders = []
-        for name in names:
-            if not is_category_dir(root / name):
-                raise DatasetError(f"{root / name}: category folder not found")
-            folders.append(root / name)
-    return CheckReport(root, [_check_category(f, workers, full, progress) for f in folders])
+        if not root_level:
+            for name in names:
+                if not is_category_dir(root / name):
+                    raise DatasetError(f"{root / name}: category folder not found")
+        targets = [(root, name) for name in names]
+    report = CheckReport(root, [_check_category(base, name, workers, full, progress)
+                                for base, name in targets])
+    _ad2_totals(report)
+    return report

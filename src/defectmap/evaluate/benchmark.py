@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from defectmap.constants import DEFAULT_ALPHA, DEFAULT_FPR_LIMIT
+from defectmap.constants import DEFAULT_ALPHA
 from defectmap.errors import DatasetError, DefectmapError
 from defectmap.evaluate.protocol import evaluate_model
 from defectmap.progress import ProgressCallback
@@ -25,7 +25,7 @@ def run_benchmark(
     detectors: Sequence[str],
     out_dir: str | Path,
     detector_params: dict[str, Any] | None = None,
-    fpr_limit: float = DEFAULT_FPR_LIMIT,
+    fpr_limit: float | None = None,
     random_state: int = 0,
     alpha: float = DEFAULT_ALPHA,
     on_result: Callable[[dict[str, Any]], None] | None = None,
@@ -63,7 +63,7 @@ def run_benchmark(
         ``rows``: one metrics dict per evaluated pair (plus ``report`` path),
         ``missing``: ``[{"category", "reason"}]``, ``detectors``: the detector names.
     """
-    from defectmap.data.mvtec import load_category
+    from defectmap.data.layouts import load_category
     from defectmap.detectors import build_detector
     from defectmap.pipeline import train_model
     from defectmap.report.table import write_tables

@@ -1,4 +1,4 @@
-"""The MVTec AD protocol for one trained model: metrics, maps and report in one folder.
+"""One trained model on one category's test split: metrics, maps and report in one folder.
 
 :func:`evaluate_model` scores a category's test split, computes the metrics, and writes one
 output folder atomically (built in a temporary sibling, then renamed into place, so an
@@ -6,8 +6,16 @@ interrupted run leaves either the previous folder or none)::
 
     metrics.json                                 all numbers, see evaluate_model
     maps/<category>/test/<defect>/<stem>.tiff    float32 anomaly maps at native size
-                                                 (the official MVTec evaluation layout)
+                                                 (the official MVTec evaluation layout;
+                                                 MVTec AD 2: test_public/ and validation/)
+    submission/anomaly_images*/...               MVTec AD 2 only: the private test sets in
+                                                 the upload layout of MVTec's server
     report.html, figures/*.png                   the visual report (defectmap.report)
+
+The protocol follows the dataset's layout (:data:`~defectmap.evaluate.maps.PROTOCOLS`) and
+is named in ``metrics.json``: the MVTec AD metrics always (for MVTec LOCO AD on the union of
+each image's masks), plus ``loco`` (AU-sPRO and image AUROC per anomaly type) for MVTec LOCO
+AD, and SegF1 at the validation threshold plus the private predictions for MVTec AD 2.
 """
 
 from __future__ import annotations
@@ -19,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from defectmap.constants import DEFAULT_FPR_LIMIT
+from defectmap.constants import DEFAULT_FPR_LIMIT, MVTEC_AD2_FPR_LIMIT
 from defectmap.data.records import CategoryData
 from defectmap.errors import DatasetError
-from defectmap.evaluate.maps import write_map
+from defectmap.evaluate.maps import PROTOCOLS, write_map
 from defectmap.files import atomic_output_dir, to_jsonable, write_json
 from defectmap.progress import ProgressCallback, track
 
@@ -42,7 +50,7 @@ def _ground_truth(
     """Masks (H,W) bool per test image, all-False for good images; None without masks."""
     from defectmap.data.mvtec import read_sample_mask
 
-    if not data.has_masks or any(s.label == 1 and s.mask_path is None for s in data.test):
+    if not data.has_masks or any(s.label == 1 and not s.masks for s in data.test):
         return None
     pairs = list(zip(data.test, maps, strict=True))
     return [read_sample_mask(sample, amap.shape)
@@ -70,17 +78,55 @@ def _model_summary(model: InspectionModel) -> dict[str, Any]:
     return {k: v for k, v in facts.items() if v is not None}
 
 
+def _protocol_results(
+    model: InspectionModel, data: CategoryData, maps: list[np.ndarray],
+    masks: list[np.ndarray] | None, tmp: Path, protocol: str, loco_mode: str,
+    write_maps: bool, batch_size: int, progress: ProgressCallback | None,
+) -> dict[str, Any]:
+    """The protocol's own numbers (LOCO, MVTec AD 2) and files (AD 2 submission)."""
+    if protocol == "mvtec_loco":
+        from defectmap.evaluate.loco import loco_map_metrics
+
+        return {"loco": loco_map_metrics(data, maps, mode=loco_mode)}  # type: ignore[arg-type]
+    if protocol != "mvtec_ad2":
+        return {}
+    from defectmap.evaluate.mvtec_ad2 import THRESHOLD_RULE, write_private_maps
+    from defectmap.metrics import seg_f1, validation_threshold
+
+    out: dict[str, Any] = {"seg_f1": None, "segmentation": None, "submission": None}
+    threshold = None
+    if data.validation:
+        prediction = model.detector.predict([s.path for s in data.validation],
+                                            batch_size=batch_size, progress=progress)
+        validation = [np.asarray(m, dtype=np.float32) for m in prediction.maps]
+        threshold = validation_threshold(validation)
+        if masks is not None:
+            seg = seg_f1(maps, masks, threshold)
+            out["seg_f1"] = seg["seg_f1"]
+            out["segmentation"] = {**seg, "threshold_rule": THRESHOLD_RULE,
+                                   "n_validation": len(validation)}
+        if write_maps:
+            for sample, amap in zip(data.validation, validation, strict=True):
+                write_map(tmp / "maps" / data.name / "validation" / "good"
+                          / f"{sample.stem}.tiff", amap)
+    if data.unlabeled:
+        out["submission"] = write_private_maps(model, data, tmp / "submission", threshold,
+                                               batch_size, progress)
+    return out
+
+
 def evaluate_model(
     model: InspectionModel,
     category_data: CategoryData,
     out_dir: str | Path,
-    fpr_limit: float = DEFAULT_FPR_LIMIT,
+    fpr_limit: float | None = None,
     write_maps: bool = True,
     batch_size: int = 1,
     report: bool = True,
     max_gallery: int = 12,
     fit_s: float | None = None,
     progress: ProgressCallback | None = None,
+    loco_mode: str = "exact",
 ) -> dict[str, Any]:
     """Score the test split of ``category_data`` and write metrics, maps and report.
 
@@ -92,8 +138,8 @@ def evaluate_model(
         The category; only its ``test`` split is used.
     out_dir : str or Path
         Output folder, replaced atomically (see :func:`defectmap.files.atomic_output_dir`).
-    fpr_limit : float
-        Integration limit of AU-PRO.
+    fpr_limit : float or None
+        Integration limit of AU-PRO; default 0.3, or 0.05 for MVTec AD 2.
     write_maps : bool
         Write the float32 TIFF maps (N images of H x W x 4 bytes: 270 MB for bottle).
     batch_size : int
@@ -107,11 +153,13 @@ def evaluate_model(
         model's training summary, when it has one).
     progress : ProgressCallback or None
         Reports ``(task, done, total)`` of the scoring, reading and writing steps.
+    loco_mode : ``"exact"`` or ``"official"``: how MVTec LOCO AD's AU-sPRO is computed.
 
     Returns
     -------
     dict
-        The content of ``metrics.json``: ``category``, ``detector``, ``image_auroc``,
+        The content of ``metrics.json``: ``category``, ``detector``, ``protocol``
+        (from the dataset's layout), ``image_auroc``,
         ``pixel_auroc``, ``aupro``, ``fpr_limit``, ``f1_max``, ``f1_threshold``,
         ``pixel_f1_max``, ``n_images``, ``n_defective``, ``per_defect`` (same keys per
         defect type, on good + that defect's images), ``timing`` (``fit_s`` when the model
@@ -119,7 +167,10 @@ def evaluate_model(
         operating points (None without calibration), ``model_hash``, ``dataset_root`` and
         ``images`` (per test image: ``image`` path relative to the category folder,
         ``defect_type``, ``label``, raw ``score``).
-        Pixel metrics are None when the dataset has no masks.
+        Pixel metrics are None when the dataset has no masks. MVTec LOCO AD adds ``loco``
+        (:func:`~defectmap.evaluate.loco.loco_map_metrics`); MVTec AD 2 adds ``seg_f1``,
+        ``segmentation`` (threshold, its rule, precision, recall) and ``submission``
+        (images written per private split).
     """
     from defectmap.evaluate.operating import operating_point_metrics
     from defectmap.metrics import category_metrics_and_pro_curve, roc_curve
@@ -132,6 +183,9 @@ def evaluate_model(
     labels = np.array([s.label for s in test], dtype=np.int64)
     defect_types = [s.defect_type for s in test]
     paths = [s.path for s in test]
+    protocol = PROTOCOLS.get(category_data.layout, "mvtec_ad")
+    if fpr_limit is None:
+        fpr_limit = MVTEC_AD2_FPR_LIMIT if protocol == "mvtec_ad2" else DEFAULT_FPR_LIMIT
 
     with atomic_output_dir(out_dir, marker=_MARKER) as tmp:
         start = time.perf_counter()
@@ -158,13 +212,17 @@ def evaluate_model(
                 pred_masks = [np.asarray(calibration.predicted_mask(m), dtype=bool)
                               for m in maps]
 
+        extra = _protocol_results(model, category_data, maps, masks, tmp, protocol, loco_mode,
+                                  write_maps, batch_size, progress)
         if fit_s is None and isinstance((model.info or {}).get("fit_seconds"), int | float):
             fit_s = float(model.info["fit_seconds"])
         result: dict[str, Any] = {
             "category": category_data.name,
             "detector": model.detector.name,
+            "protocol": protocol,
             **metrics,
             "fpr_limit": float(fpr_limit),
+            **extra,
             "timing": {
                 "fit_s": fit_s,
                 "predict_s": predict_s,
@@ -186,7 +244,8 @@ def evaluate_model(
         if write_maps:
             for sample, amap in track(list(zip(test, maps, strict=True)), "writing maps",
                                       progress):
-                write_map(tmp / "maps" / category_data.name / "test" / sample.defect_type
+                split = "test_public" if protocol == "mvtec_ad2" else "test"
+                write_map(tmp / "maps" / category_data.name / split / sample.defect_type
                           / f"{sample.stem}.tiff", amap)
 
         if report:
