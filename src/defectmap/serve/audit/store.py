@@ -82,8 +82,8 @@ class AuditStore:
                 last = conn.execute("SELECT MAX(created_at) FROM inspections").fetchone()[0]
         except self._errors as exc:
             self._drop()
-            raise AuditUnavailableError(f"{location}: cannot open the audit database: {exc}") \
-                from exc
+            raise AuditUnavailableError(
+                f"{location}: cannot open the audit database: {_oneline(exc)}") from exc
         if last is not None:
             self._last_time = datetime.fromisoformat(str(last)).astimezone(UTC)
 
@@ -153,7 +153,7 @@ class AuditStore:
                 if attempt == 1 and self._is_disconnect(exc):
                     continue  # a stale connection (server restarted): reconnect once
                 raise AuditUnavailableError(
-                    f"{self.location}: cannot read the audit log: {exc}") from exc
+                    f"{self.location}: cannot read the audit log: {_oneline(exc)}") from exc
         raise AssertionError("unreachable")
 
     def _migrate(self, conn: Any) -> None:
@@ -236,14 +236,14 @@ class AuditStore:
                         earlier = self.get_by_key(record.request_key)
                     if earlier is not None:
                         return earlier
-                    raise AuditLogError(
-                        f"{self.location}: cannot write audit row {record.id}: {exc}") from exc
+                    raise AuditLogError(f"{self.location}: cannot write audit row "
+                                        f"{record.id}: {_oneline(exc)}") from exc
                 with self._lock:
                     self._drop()
                 if attempt == 1 and self._is_disconnect(exc):
                     continue
-                raise AuditUnavailableError(
-                    f"{self.location}: cannot write audit row {record.id}: {exc}") from exc
+                raise AuditUnavailableError(f"{self.location}: cannot write audit row "
+                                            f"{record.id}: {_oneline(exc)}") from exc
         raise AssertionError("unreachable")
 
     def add_verdict(self, verdict: Verdict) -> Verdict:
@@ -280,8 +280,8 @@ class AuditStore:
             with self._lock:
                 self._drop()
             raise AuditUnavailableError(
-                f"{self.location}: cannot write the verdict on {verdict.inspection_id}: {exc}"
-            ) from exc
+                f"{self.location}: cannot write the verdict on {verdict.inspection_id}: "
+                f"{_oneline(exc)}") from exc
         if row is None:
             raise UnknownInspectionError(f"no inspection with id {verdict.inspection_id!r}")
         return replace(verdict, operator=operator, created_at=created, seq=int(row[0]))
@@ -391,6 +391,11 @@ class AuditStore:
         """Close the connection (committed rows are already durable)."""
         with self._lock:
             self._drop()
+
+
+def _oneline(exc: BaseException) -> str:
+    """A driver's message on one line (libpq's span several, with hints)."""
+    return " ".join(str(exc).split())
 
 
 def _record_from_row(row: tuple[Any, ...]) -> AuditRecord:
