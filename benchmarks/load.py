@@ -14,7 +14,7 @@ commit of main before this work), exported with ``git archive`` and run from its
 tree. The other configurations run this checkout. Usage::
 
     .venv/bin/python benchmarks/load.py [--requests 400] [--repeats 3]
-    .venv/bin/python benchmarks/load.py --configs "workers=2" "workers=2,max_batch=4"
+    .venv/bin/python benchmarks/load.py --configs "workers=1" "workers=2,max_batch=4"
 
 Bounded: every request loop has a fixed count and a timeout; traffic goes to 127.0.0.1 only.
 """
@@ -194,7 +194,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=400, help="uploads per phase")
     parser.add_argument("--before", default=BEFORE_REF, help="git ref of 'before'")
     parser.add_argument("--configs", nargs="*",
-                        default=["workers=1", "workers=2", "workers=2,max_batch=4"],
+                        default=["workers=2", "workers=2,max_batch=4", "workers=2,max_batch=8"],
                         help="'after' configurations: serve options as key=value,...")
     parser.add_argument("--clients", type=int, nargs="*", default=list(CLIENTS))
     parser.add_argument("--repeats", type=int, default=3, help="rounds over all configs")
