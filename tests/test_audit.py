@@ -193,3 +193,30 @@ def test_postgres_message_hides_the_password() -> None:
     with pytest.raises(AuditLogError) as caught:
         open_audit_log("postgresql://nobody:s3cret@127.0.0.1:1/none")
     assert "s3cret" not in str(caught.value) and "***" in str(caught.value)
+
+
+def test_workers_starting_at_once_migrate_once(audit_db: str) -> None:
+    """Four workers open a fresh database at the same moment: one migrates, all work."""
+    barrier = threading.Barrier(4)
+    logs: list[object] = []
+    failures: list[BaseException] = []
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            logs.append(open_audit_log(audit_db))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert failures == [] and len(logs) == 4
+    log = open_audit_log(audit_db)
+    assert log.schema_version() == LATEST_VERSION
+    rows = log._read("SELECT version FROM schema_migrations ORDER BY version")
+    assert [r[0] for r in rows] == list(range(1, LATEST_VERSION + 1))
+    for other in [*logs, log]:
+        other.close()  # type: ignore[attr-defined]

@@ -157,10 +157,10 @@ class AuditStore:
         raise AssertionError("unreachable")
 
     def _migrate(self, conn: Any) -> None:
-        conn.execute(VERSIONS_TABLE)
         conn.execute(self._begin())
         try:
             self._lock_writes(conn)  # two workers starting at once migrate one after another
+            conn.execute(VERSIONS_TABLE)  # inside the lock: IF NOT EXISTS alone can race
             applied = {int(r[0]) for r in conn.execute(
                 "SELECT version FROM schema_migrations").fetchall()}
             if not applied and self._has_table(conn, "inspections"):
