@@ -110,3 +110,35 @@ def test_update_needs_stored_images_and_verdicts(
         update_model(model_dir, feedback, out_dir=tmp_path / "new")
     with pytest.raises(FeedbackError, match="--out"):
         update_model(model_dir, feedback)
+
+
+def test_validation_images_are_found_again_for_each_source(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    from defectmap.data.layouts import load_category
+    from defectmap.data.synth_layouts import make_loco_dataset
+    from defectmap.feedback import validation_images
+    from defectmap.pipeline import InspectionModel
+
+    def model(info: dict) -> InspectionModel:  # type: ignore[type-arg]
+        return InspectionModel(object(), None, info, model_hash="h")  # type: ignore[arg-type]
+
+    mvtec = load_category(synthetic_root, "synthetic")
+    picked = mvtec.train[:3]
+    found = validation_images(model({
+        "validation_source": "split of train/good", "dataset_root": str(mvtec.root),
+        "val_stems": [s.stem for s in picked]}))
+    assert found == [s.path for s in picked]
+
+    loco = load_category(make_loco_dataset(tmp_path / "loco", category="box", seed=0))
+    assert loco.validation
+    found = validation_images(model({
+        "validation_source": "validation split of the dataset", "dataset_root": str(loco.root),
+        "val_stems": [s.stem for s in loco.validation]}))
+    assert found == [s.path for s in loco.validation]
+
+    with pytest.raises(FeedbackError, match="--validation"):
+        validation_images(model({"validation_source": "separate validation images"}))
+    with pytest.raises(FeedbackError, match="missing"):
+        validation_images(model({"validation_source": "split of train/good",
+                                 "dataset_root": str(mvtec.root), "val_stems": ["nope"]}))

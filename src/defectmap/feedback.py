@@ -141,16 +141,20 @@ def collect_verdicts(store: AuditStore, files_root: str | Path) -> Feedback:
 def validation_images(model: InspectionModel) -> list[Path]:
     """The model's own validation images, found again from ``training.json``.
 
+    Works for a split of ``train/good`` and for a layout's own validation split.
+
     Raises
     ------
     FeedbackError
         The training data is not where it was, or the model was calibrated on a separate
         folder (then pass the validation images explicitly).
     """
-    from defectmap.data.mvtec import load_category
+    from defectmap.data.layouts import load_category
 
     info = model.info
-    if info.get("validation_source") != "split of train/good" or not info.get("dataset_root"):
+    source = info.get("validation_source")
+    if source not in ("split of train/good", "validation split of the dataset") or \
+            not info.get("dataset_root"):
         raise FeedbackError(f"{model.directory}: the model was calibrated on separate images; "
                             "give them with --validation DIR")
     root = Path(str(info["dataset_root"]))
@@ -160,7 +164,8 @@ def validation_images(model: InspectionModel) -> list[Path]:
         raise FeedbackError(f"{model.directory}: its validation images cannot be read from "
                             f"{root} ({exc}); give them with --validation DIR") from exc
     stems = set(info.get("val_stems") or [])
-    paths = [s.path for s in data.train if s.stem in stems]
+    pool = data.train if source == "split of train/good" else data.validation
+    paths = [s.path for s in pool if s.stem in stems]
     if len(paths) != len(stems):
         raise FeedbackError(f"{root}: {len(stems) - len(paths)} of the model's validation "
                             "images are missing; give them with --validation DIR")
