@@ -14,7 +14,10 @@ commit of main before this work), exported with ``git archive`` and run from its
 tree. The other configurations run this checkout. Usage::
 
     .venv/bin/python benchmarks/load.py [--requests 400] [--repeats 3]
-    .venv/bin/python benchmarks/load.py --configs "workers=1" "workers=2,max_batch=4"
+    .venv/bin/python benchmarks/load.py --configs "workers=1" "workers=2,runtime=onnxruntime"
+
+A configuration with ``runtime=onnxruntime`` or ``runtime=openvino`` serves the same model
+exported with ``defectmap export --format openvino`` (ONNX and OpenVINO graphs).
 
 Bounded: every request loop has a fixed count and a timeout; traffic goes to 127.0.0.1 only.
 """
@@ -209,13 +212,20 @@ def main() -> int:
               f"{time.perf_counter() - started:.1f} s; {os.cpu_count()} CPUs visible; "
               f"{len(images)} distinct images")
         bodies = [_multipart(p.name, p.read_bytes()) for p in images]
+        exported = None
+        if any("runtime=" in c and "runtime=torch" not in c for c in args.configs):
+            from defectmap.export import export_model
+
+            exported = workdir / "model-exported"  # ONNX and OpenVINO graphs beside torch's
+            export_model(model_dir, exported, format="openvino")
         configs = [("before", _export_before(args.before, workdir), {})]
         configs += [(label, REPO / "src", opts) for label, opts in map(_parse_config,
                                                                       args.configs)]
         runs = [(r, k, c) for r in range(args.repeats) for k, c in enumerate(configs)]
         for r, k, (label, src, options) in runs:
             db = workdir / f"audit-{r}-{k}.sqlite3"
-            server, port = _start_server(label, src, model_dir, db, options)
+            served = exported if exported is not None and label != "before" else model_dir
+            server, port = _start_server(label, src, served, db, options)
             answered: list[str] = []
             try:
                 _run_clients(port, bodies, 20, 2)  # warm-up, not counted

@@ -142,3 +142,40 @@ def test_validation_images_are_found_again_for_each_source(
     with pytest.raises(FeedbackError, match="missing"):
         validation_images(model({"validation_source": "split of train/good",
                                  "dataset_root": str(mvtec.root), "val_stems": ["nope"]}))
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::defectmap.calibrate.CalibrationWarning")
+def test_update_of_an_exported_model_is_exported(
+    tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path, tmp_path: Path
+) -> None:
+    """A registry serving ONNX Runtime gets an exported child version it can switch to."""
+    pytest.importorskip("onnxruntime")
+    from defectmap.export import export_model
+    from defectmap.runtime import is_export_dir
+
+    model_dir = trained_model_dir(tmp_path_factory, synthetic_root)
+    exported = tmp_path / "exported"
+    export_model(model_dir, exported, format="onnx")
+    registry = tmp_path / "registry"
+    Registry(registry).promote(Registry(registry).add(exported).id)
+    sticker = synthetic_test_images(synthetic_root, tmp_path / "pasted")["pasted"][0]
+    db = tmp_path / "audit.sqlite3"
+    app = create_app(registry, db_path=db, store_images=True, reload_s=0.1,
+                     runtime="onnxruntime")
+    with LiveServer(app) as live, httpx.Client(base_url=live.url, timeout=60) as http:
+        assert http.get("/v1/model").json()["runtime"] == "onnxruntime"
+        flagged = post_image(http, sticker).json()
+        assert flagged["decision"] == "defect"
+        http.post(flagged["links"]["verdict"], json={"verdict": "ok", "operator": "ana"})
+        store = open_audit_log(db)
+        report = update_model(registry, collect_verdicts(store, db.parent))
+        store.close()
+        child = Registry(registry).versions_dir / str(report.version)
+        assert is_export_dir(child) and (child / FEEDBACK_FILE).is_file()
+        Registry(registry).promote(str(report.version))
+        wait_for(lambda: http.get("/healthz").json()["model_version"] == report.version)
+        again = post_image(http, sticker).json()
+        assert again["decision"] == "ok" and http.get("/v1/model").json()["runtime"] == \
+            "onnxruntime"
+    assert report.before["false_alarms"] == 1 and report.after["false_alarms"] == 0

@@ -12,6 +12,15 @@ MIN_INPUT_SIZE: Final = 32
 DEFAULT_ALPHA: Final = 0.01
 #: Target fraction of good validation pixels above the calibrated pixel threshold.
 DEFAULT_PIXEL_FPR: Final = 0.001
+#: Inference runtimes (``--runtime``): torch runs the detector, the others an exported graph.
+RUNTIMES: Final = ("torch", "onnxruntime", "openvino")
+#: The pip extra (pyproject.toml) that installs each optional top-level module.
+EXTRA_OF_MODULE: Final = {"torch": "train", "torchvision": "train", "timm": "train",
+                          "onnx": "export", "onnxscript": "export", "onnxruntime": "runtime",
+                          "openvino": "openvino"}
+#: Formats of ``defectmap export`` and the inputs its graph can take.
+EXPORT_FORMATS: Final = ("onnx", "openvino")
+EXPORT_INPUTS: Final = ("normalized", "pixels")
 
 TEXTURE_CATEGORIES: Final = ("carpet", "grid", "leather", "tile", "wood")
 OBJECT_CATEGORIES: Final = (

@@ -37,10 +37,10 @@ from typing import Any
 
 from defectmap.calibrate import fit_calibration
 from defectmap.errors import DefectmapError
-from defectmap.files import atomic_output_dir, make_temp_dir, write_json
+from defectmap.files import check_replaceable, make_temp_dir, replace_dir, write_json
 from defectmap.pipeline import TRAINING_FILE, InspectionModel, load_model
 from defectmap.progress import ProgressCallback
-from defectmap.registry import Registry, VersionInfo, is_registry
+from defectmap.registry import Registry, is_registry
 from defectmap.serve.audit import AuditStore
 
 __all__ = ["FEEDBACK_FILE", "HeldImage", "UpdateReport", "collect_verdicts", "update_model"]
@@ -262,7 +262,7 @@ def update_model(
                   "inspection_id": h.inspection_id, "file": h.path.name,
                   "added": h in false_alarms} for h in feedback.good + feedback.defects]
 
-    def write(folder: Path, report: dict[str, Any] | None) -> None:
+    def write(folder: Path, report: dict[str, Any]) -> None:
         detector.save(folder)
         calibration.save(folder)
         write_json(folder / TRAINING_FILE, info)
@@ -281,20 +281,49 @@ def update_model(
             "pixel_threshold": calibration.pixel_threshold},
         skipped=list(feedback.skipped), images=held_rows)
     payload = {k: v for k, v in report.to_dict().items() if k not in ("model_dir", "version")}
-    if registry is not None:
-        tmp = make_temp_dir(registry.root, prefix=".update-")
-        try:
-            write(tmp / "model", payload)
-            info_v: VersionInfo = registry.add(tmp / "model", source="update",
-                                               parent=parent_version,
-                                               note=f"{len(false_alarms)} false alarms added")
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        report.model_dir, report.version = str(info_v.path), info_v.id
-    else:
-        assert out_dir is not None
-        with atomic_output_dir(out_dir, marker="model.json") as folder:
-            write(folder, payload)
-        report.model_dir = str(out_dir)
+    # Built beside its destination (same file system), then added or swapped in whole.
+    target = Path(str(out_dir)).absolute()
+    if registry is None:
+        check_replaceable(target, "model.json")
+        target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = make_temp_dir(registry.root if registry is not None else target.parent,
+                        prefix=".update-")
+    try:
+        built = _build(write, payload, model_dir, tmp, progress)
+        if registry is not None:
+            version = registry.add(built, source="update", parent=parent_version,
+                                   note=f"{len(false_alarms)} false alarms added")
+            report.model_dir, report.version = str(version.path), version.id
+        else:
+            replace_dir(built, target)
+            report.model_dir = str(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return report
 
+
+def _build(
+    write: Any, payload: dict[str, Any], parent_dir: Path, tmp: Path,
+    progress: ProgressCallback | None,
+) -> Path:
+    """Write the new model under ``tmp``; exported the way its parent was, if it was.
+
+    An exported parent (``export.json``) gives an exported child with the same format, graph
+    input and precisions, so that a service on ONNX Runtime or OpenVINO can switch to it.
+    """
+    from defectmap.runtime import is_export_dir, read_manifest
+
+    plain = tmp / "model"
+    plain.mkdir()
+    write(plain, payload)
+    if not is_export_dir(parent_dir):
+        return plain
+    from defectmap.export import export_model
+
+    manifest = read_manifest(parent_dir)
+    exported = tmp / "exported"
+    export_model(plain, exported, format=str(manifest["format_requested"]),
+                 input=str(manifest["graph"]["input"]),
+                 fp16="fp16" in (manifest["runtimes"].get("openvino") or {}),
+                 progress=progress)
+    return exported

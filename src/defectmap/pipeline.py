@@ -42,11 +42,11 @@ from defectmap.constants import DEFAULT_ALPHA, DEFAULT_DETECTOR, DEFAULT_PIXEL_F
 from defectmap.data.records import CategoryData, Sample
 from defectmap.errors import DatasetError, ModelFileError
 from defectmap.files import atomic_output_dir, check_replaceable, sha256_tree, write_json
+from defectmap.prediction import Scorer
 from defectmap.progress import ProgressCallback
 
 if TYPE_CHECKING:
-    from defectmap.detectors import Detector
-    from defectmap.features.preprocess import ImageInput
+    from defectmap.data.io import ImageInput
 
 __all__ = ["TRAINING_FILE", "Inspection", "InspectionModel", "load_model", "train_model"]
 
@@ -98,11 +98,14 @@ class Inspection:
 
 
 class InspectionModel:
-    """A detector with its calibration and training summary.
+    """A scorer with its calibration and training summary.
 
     Parameters
     ----------
-    detector : a fitted :class:`~defectmap.detectors.Detector`.
+    detector : the scorer: a fitted :class:`~defectmap.detectors.Detector` (torch), or an
+        exported model on ONNX Runtime / OpenVINO
+        (:class:`~defectmap.runtime.ExportedModel`); anything with ``name``,
+        ``get_params()`` and ``predict(images, batch_size, progress) -> Prediction``.
     calibration : thresholds from good validation images, or None (raw scores only).
     info : the training summary (contents of ``training.json``; may be empty).
     directory : the model directory it was loaded from / saved to, if any.
@@ -111,7 +114,7 @@ class InspectionModel:
 
     def __init__(
         self,
-        detector: Detector,
+        detector: Scorer,
         calibration: Calibration | None,
         info: dict[str, Any],
         *,
@@ -125,6 +128,11 @@ class InspectionModel:
         if model_hash is None and self.directory is not None:
             model_hash = sha256_tree(self.directory)
         self._model_hash = model_hash
+
+    @property
+    def runtime(self) -> str:
+        """``"torch"`` for a detector, else the exported model's runtime."""
+        return str(getattr(self.detector, "runtime", "torch"))
 
     @property
     def model_hash(self) -> str | None:
@@ -186,7 +194,8 @@ class InspectionModel:
     def describe(self) -> dict[str, Any]:
         """JSON-ready description for humans and the service's ``/v1/model``.
 
-        Keys: ``detector``, ``params``, ``model_hash``, ``package_version``, ``calibrated``,
+        Keys: ``detector``, ``params``, ``runtime``, ``model_hash``, ``package_version``,
+        ``calibrated``,
         ``thresholds`` (None without calibration), ``validation_scores`` (statistics) and
         ``training`` (the training summary without the per-file stem lists).
         """
@@ -204,6 +213,7 @@ class InspectionModel:
         return {
             "detector": self.detector.name,
             "params": self.detector.get_params(),
+            "runtime": self.runtime,
             "model_hash": self.model_hash,
             "package_version": self.info.get("package_version", __version__),
             "calibrated": cal is not None,
@@ -218,19 +228,46 @@ class InspectionModel:
                f"{hash_part})"
 
 
-def load_model(directory: str | os.PathLike[str]) -> InspectionModel:
-    """Load a model directory written by :func:`train_model` (or a bare saved detector).
+def load_model(
+    directory: str | os.PathLike[str],
+    runtime: str | None = None,
+    n_threads: int | None = None,
+) -> InspectionModel:
+    """Load a model directory written by :func:`train_model` or by ``defectmap export``.
 
     ``calibration.json`` and ``training.json`` are optional: without them the model gives raw
-    scores only. Raises :class:`~defectmap.errors.ModelFileError` naming the bad file.
+    scores only.
+
+    Parameters
+    ----------
+    directory : the model folder.
+    runtime : ``"torch"``, ``"onnxruntime"`` or ``"openvino"``; None: the fastest installed
+        one the folder was exported for (torch for a folder that was not exported).
+    n_threads : CPU threads of an ONNX Runtime / OpenVINO runtime (None: its default).
+
+    Raises
+    ------
+    ModelFileError : a file is missing or invalid (the message names it), or an exported
+        folder's files differ from the hashes in its ``export.json``.
+    RuntimeUnavailableError : the runtime is not installed, or the folder was not exported
+        for it.
     """
-    from defectmap.detectors import load_detector
+    from defectmap.runtime import ExportedModel, choose_runtime, is_export_dir, read_manifest
 
     folder = Path(directory)
     if not folder.is_dir():
         raise ModelFileError(f"{folder}: model directory not found")
+    runtime = choose_runtime(folder, runtime)
     model_hash = sha256_tree(folder)  # hash first: describes the bytes about to be read
-    detector = load_detector(folder)
+    detector: Scorer
+    if runtime == "torch":
+        from defectmap.detectors import load_detector
+
+        if is_export_dir(folder):
+            read_manifest(folder)  # the torch runtime checks an export's hashes too
+        detector = load_detector(folder)
+    else:
+        detector = ExportedModel(folder, runtime=runtime, n_threads=n_threads)
     calibration = Calibration.load(folder) if (folder / CALIBRATION_FILE).exists() else None
     info: dict[str, Any] = {}
     training = folder / TRAINING_FILE

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from defectmap.constants import EXTRA_OF_MODULE
 from defectmap.errors import DefectmapError
 
 app = typer.Typer(
@@ -63,17 +64,27 @@ def run_app(argv: list[str]) -> int:
         return 1
     except SystemExit as exc:  # typer.Exit inside commands
         return int(exc.code or 0)
+    except ImportError as exc:  # an optional dependency of this command is not installed
+        module = (exc.name or "").split(".")[0]
+        if module not in EXTRA_OF_MODULE or debug or os.environ.get(_DEBUG_ENV):
+            raise
+        hint = escape(f"pip install 'defectmap[{EXTRA_OF_MODULE[module]}]'")
+        err_console.print(f"[red]error:[/red] this command needs {module}, which is not "
+                          f"installed: {hint}", highlight=False, soft_wrap=True)
+        return 1
     except Exception as exc:  # click usage errors and the like
         import click
 
-        if isinstance(exc, click.exceptions.Exit):
-            return int(exc.exit_code)
-        if isinstance(exc, click.ClickException):
-            exc.show(file=sys.stderr)
-            return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, click.exceptions.Abort | typer.Abort):
             return _interrupted()  # click turns Ctrl-C into Abort
-        raise
+        # Exit and usage errors, from click or from the copy of click inside typer >= 0.2x
+        # (whose BadParameter is not a click.ClickException): they carry their exit code.
+        code = getattr(exc, "exit_code", None)
+        if not isinstance(code, int):
+            raise
+        if hasattr(exc, "show"):
+            exc.show(file=sys.stderr)
+        return code
     if result == EXIT_INTERRUPTED:
         # typer catches KeyboardInterrupt itself and returns 130 without a word.
         return _interrupted()

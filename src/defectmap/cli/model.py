@@ -17,6 +17,7 @@ import typer
 
 from defectmap.cli._common import app, console, err_console
 from defectmap.cli.display import progress_display
+from defectmap.cli.export import Runtime
 from defectmap.constants import DEFAULT_ALPHA, DEFAULT_DETECTOR, DEFAULT_FPR_LIMIT
 from defectmap.errors import DefectmapError
 
@@ -101,6 +102,9 @@ def predict_command(
     batch_size: int = typer.Option(1, "--batch-size", help="Images per forward pass."),
     no_maps: bool = typer.Option(False, "--no-maps", help="Do not write the TIFF maps."),
     no_overlays: bool = typer.Option(False, "--no-overlays", help="Do not write overlays."),
+    runtime: Runtime | None = typer.Option(
+        None, "--runtime", help="Inference runtime; default: the fastest installed one the "
+        "model folder was exported for (torch for a folder that was not exported)."),
 ) -> None:
     """Score images: decision, score and p-value per image (CSV/JSON), maps and overlays."""
     from rich.table import Table
@@ -108,7 +112,7 @@ def predict_command(
     from defectmap.evaluate.predict import predict_to_dir
     from defectmap.pipeline import load_model
 
-    model = load_model(model_dir)
+    model = load_model(model_dir, runtime=None if runtime is None else runtime.value)
     with progress_display() as progress:
         rows = predict_to_dir(model, images, out, batch_size=batch_size,
                               write_maps=not no_maps, write_overlays=not no_overlays,

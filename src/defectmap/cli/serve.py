@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from defectmap.cli._common import app, err_console
+from defectmap.cli.export import Runtime
 
 __all__ = ["serve"]
 
@@ -44,6 +45,9 @@ def serve(
                                  help="Picture cache per worker, MiB."),
     pending_mb: int = typer.Option(512, "--pending-mb", min=1,
                                    help="Decoded uploads waiting for inference, MiB per worker."),
+    runtime: Runtime | None = typer.Option(
+        None, "--runtime", help="Inference runtime; default: the fastest installed one the "
+        "model folder was exported for (torch for a folder that was not exported)."),
 ) -> None:
     """Serve MODEL over HTTP: POST /v1/inspect, verdicts, audit trail, drift, page at /."""
     from defectmap.serve.policy import check_exposure
@@ -58,4 +62,5 @@ def serve(
     run_server(model_dir, host=host, port=port, workers=workers, db_path=db, token=token,
                on_ready=ready, store_images=store_images, max_batch=max_batch,
                max_wait_ms=max_wait_ms, cache_bytes=cache_mb * 2**20,
-               pending_bytes=pending_mb * 2**20)
+               pending_bytes=pending_mb * 2**20,
+               runtime=None if runtime is None else runtime.value)

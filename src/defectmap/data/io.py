@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator, Sequence
+from os import PathLike
 from pathlib import Path
 from typing import IO, Literal
 
@@ -28,13 +30,17 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from defectmap.constants import MAX_IMAGE_PIXELS
 from defectmap.errors import ImageReadError, ImageTooLargeError
+from defectmap.progress import ProgressCallback
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "ImageInput",
     "MAX_UPLOAD_BYTES",
+    "as_image_array",
     "decode_image",
     "image_header",
     "image_size",
+    "iter_batches",
     "probe_image",
     "read_image",
     "read_mask",
@@ -371,3 +377,57 @@ def read_mask(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarra
         As :func:`read_image`.
     """
     return read_mask_values(path, max_pixels) > 0
+
+
+ImageInput = np.ndarray | str | PathLike
+
+
+def as_image_array(image: ImageInput, index: int = 0) -> np.ndarray:
+    """Return an image as a uint8 array (H, W) or (H, W, 3); paths are read safely.
+
+    Parameters
+    ----------
+    image : a uint8 array (H, W), (H, W, 1) or (H, W, 3), or a path to an image file.
+    index : position of the image in its sequence (used in error messages).
+
+    Raises
+    ------
+    ImageReadError : the file cannot be read or the array has the wrong dtype/shape.
+    """
+    if not isinstance(image, np.ndarray):
+        return read_image(Path(image), mode="RGB")
+    if image.dtype != np.uint8:
+        raise ImageReadError(f"image #{index}: expected dtype uint8, got {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+        raise ImageReadError(
+            f"image #{index}: expected shape (H, W) or (H, W, 3), got {image.shape}"
+        )
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ImageReadError(f"image #{index}: empty image of shape {image.shape}")
+    return image
+
+
+def iter_batches(
+    images: Sequence[ImageInput],
+    batch_size: int,
+    description: str,
+    progress: ProgressCallback | None = None,
+) -> Iterator[list[np.ndarray]]:
+    """Yield lists of at most ``batch_size`` uint8 arrays; files are read lazily.
+
+    The one batching helper of every scorer (detectors and exported runtimes). ``progress`` gets
+    ``(description, images done, len(images))`` after each batch (see
+    :mod:`defectmap.progress`).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n = len(images)
+    if progress is not None:
+        progress(description, 0, n)
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        yield [as_image_array(images[i], i) for i in range(start, stop)]
+        if progress is not None:
+            progress(description, stop, n)

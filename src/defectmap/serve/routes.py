@@ -403,7 +403,7 @@ def create_app(
         served = service.served
         return ModelInfo(
             name=served.name, hash=served.hash, version=served.version,
-            thresholds=served.thresholds,
+            runtime=served.runtime, thresholds=served.thresholds,
             limits=Limits(max_upload_bytes=service.max_upload_bytes,
                           max_pixels=service.max_pixels),
             description=served.description,

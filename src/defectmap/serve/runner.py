@@ -34,11 +34,14 @@ def app_from_env() -> FastAPI:
     from defectmap.serve.routes import create_app
 
     settings = json.loads(os.environ[ENV_SETTINGS])
-    threads = settings.pop("threads", None)
+    threads = settings.get("n_threads")
     if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
+        try:  # a torch model's threads; exported models take n_threads themselves
+            import torch
+        except ImportError:
+            pass
+        else:
+            torch.set_num_threads(int(threads))
     if settings.get("picture_dir"):
         settings["picture_dir"] = Path(settings["picture_dir"])
     return create_app(**settings)
@@ -97,14 +100,15 @@ def run_server(
     from defectmap.serve.audit import open_audit_log
     from defectmap.serve.slot import ModelSlot
 
-    ModelSlot(model_dir, warmup=False)
+    ModelSlot(model_dir, warmup=False, runtime=options.get("runtime"))
     if db_path is not None:
         open_audit_log(db_path).close()  # also runs the migrations, once
     parent = _SHARED_MEMORY if _SHARED_MEMORY.is_dir() else None
     picture_dir = Path(tempfile.mkdtemp(prefix="defectmap-pictures-", dir=parent))
     settings = dict(model_dir=str(model_dir), db_path=None if db_path is None else str(db_path),
                     token=token, picture_dir=str(picture_dir),
-                    threads=max(1, (os.cpu_count() or 1) // workers), **options)
+                    **options)
+    settings.setdefault("n_threads", max(1, (os.cpu_count() or 1) // workers))
     os.environ[ENV_SETTINGS] = json.dumps(to_jsonable(settings))
     try:
         if on_ready is not None:

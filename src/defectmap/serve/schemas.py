@@ -154,6 +154,7 @@ class ModelInfo(BaseModel):
     name: str
     hash: str
     version: str | None
+    runtime: str = Field(description="Inference runtime: torch, onnxruntime or openvino.")
     thresholds: dict[str, Any]
     limits: Limits
     description: dict[str, Any] = Field(

@@ -120,6 +120,11 @@ class InspectionService:
         How often a registry's ``current`` pointer is checked.
     drift_window, drift_alpha : int, float
         Settings of the drift check (:func:`defectmap.calibrate.drift.drift_test`).
+    runtime : str, optional
+        ``"torch"``, ``"onnxruntime"`` or ``"openvino"``; None: the fastest installed one the
+        model folder was exported for (see :func:`defectmap.pipeline.load_model`).
+    n_threads : int, optional
+        CPU threads of an ONNX Runtime / OpenVINO runtime (None: its default).
 
     Raises
     ------
@@ -144,9 +149,12 @@ class InspectionService:
         reload_s: float = 1.0,
         drift_window: int = DEFAULT_WINDOW,
         drift_alpha: float = DEFAULT_DRIFT_ALPHA,
+        runtime: str | None = None,
+        n_threads: int | None = None,
     ) -> None:
         # The model first: prove it runs before the audit database is touched.
-        self.slot = ModelSlot(model_dir, warmup=warmup, poll_s=reload_s)
+        self.slot = ModelSlot(model_dir, warmup=warmup, poll_s=reload_s, runtime=runtime,
+                              n_threads=n_threads)
         self.audit: AuditStore = open_audit_log(db_path or Path.cwd() / DEFAULT_DB_NAME)
         self.files_root = files_root(self.audit)
         if files_dir is None:

@@ -37,6 +37,11 @@ class ServedModel:
     thresholds: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def runtime(self) -> str:
+        """``"torch"``, ``"onnxruntime"`` or ``"openvino"``."""
+        return str(getattr(self.model, "runtime", "torch"))
+
+    @property
     def pixel_scale(self) -> tuple[float, float] | None:
         """(pixel threshold, pixel scale) of the map colours, or None without them."""
         cal = getattr(self.model, "calibration", None)
@@ -45,8 +50,18 @@ class ServedModel:
         return float(cal.pixel_threshold), float(cal.pixel_scale)
 
 
-def load_served(model_dir: Path, name: str, version: str | None, warmup: bool) -> ServedModel:
+def load_served(
+    model_dir: Path,
+    name: str,
+    version: str | None,
+    warmup: bool,
+    runtime: str | None = None,
+    n_threads: int | None = None,
+) -> ServedModel:
     """Load ``model_dir`` (and, with ``warmup``, run it once on a blank image).
+
+    ``runtime`` and ``n_threads`` go to :func:`defectmap.pipeline.load_model` (None: the
+    fastest installed runtime the folder was exported for).
 
     Raises
     ------
@@ -57,7 +72,7 @@ def load_served(model_dir: Path, name: str, version: str | None, warmup: bool) -
 
     if not model_dir.is_dir():
         raise DefectmapError(f"{model_dir}: model directory not found")
-    model = load_model(model_dir)
+    model = load_model(model_dir, runtime=runtime, n_threads=n_threads)
     model_hash = str(model.model_hash)
     if version is not None and not model_hash.startswith(version):
         raise ModelFileError(f"{model_dir}: files changed since version {version} was added")
@@ -86,10 +101,16 @@ class ModelSlot:
         Run each model once on a blank image before it serves.
     poll_s : float
         How often a registry's ``current`` pointer is checked.
+    runtime, n_threads : str, int, optional
+        Runtime of every version loaded, and the threads of an exported model's runtime
+        (see :func:`load_served`).
     """
 
-    def __init__(self, source: str | Path, warmup: bool = True, poll_s: float = 1.0) -> None:
+    def __init__(self, source: str | Path, warmup: bool = True, poll_s: float = 1.0,
+                 runtime: str | None = None, n_threads: int | None = None) -> None:
         self.source = Path(source)
+        self.runtime = runtime
+        self.n_threads = n_threads
         self.registry = Registry(self.source) if is_registry(self.source) else None
         self.warmup = warmup
         self.poll_s = float(poll_s)
@@ -105,11 +126,13 @@ class ModelSlot:
         return self._served
 
     def _load(self) -> ServedModel:
+        name = self.source.resolve().name
         if self.registry is None:
-            return load_served(self.source, self.source.resolve().name, None, self.warmup)
+            return load_served(self.source, name, None, self.warmup, self.runtime,
+                               self.n_threads)
         version = self.registry.resolve("current")
-        return load_served(self.registry.versions_dir / version, self.source.resolve().name,
-                           version, self.warmup)
+        return load_served(self.registry.versions_dir / version, name, version, self.warmup,
+                           self.runtime, self.n_threads)
 
     def check(self) -> bool:
         """Switch to the registry's current version if it changed; True when it switched."""
