@@ -197,7 +197,10 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=400, help="uploads per phase")
     parser.add_argument("--before", default=BEFORE_REF, help="git ref of 'before'")
     parser.add_argument("--configs", nargs="*",
-                        default=["workers=2", "workers=2,max_batch=4", "workers=2,max_batch=8"],
+                        default=["workers=2,runtime=torch", "workers=2,runtime=torch,max_batch=4",
+                                 "workers=2,runtime=onnxruntime",
+                                 "workers=2,runtime=onnxruntime,max_batch=4",
+                                 "workers=2,runtime=openvino,max_batch=4"],
                         help="'after' configurations: serve options as key=value,...")
     parser.add_argument("--clients", type=int, nargs="*", default=list(CLIENTS))
     parser.add_argument("--repeats", type=int, default=3, help="rounds over all configs")

@@ -39,8 +39,9 @@ def serve(
                                 help="Worker processes sharing the audit log."),
     max_batch: int = typer.Option(1, "--max-batch", min=1, max=64,
                                   help="Most uploads scored in one model call."),
-    max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0.0, max=1000.0,
-                                      help="How long a batch waits for more uploads."),
+    max_wait_ms: float = typer.Option(
+        0.0, "--max-wait-ms", min=0.0, max=1000.0,
+        help="How long a batch waits for more uploads (0: it takes those already queued)."),
     cache_mb: int = typer.Option(256, "--cache-mb", min=0,
                                  help="Picture cache per worker, MiB."),
     pending_mb: int = typer.Option(512, "--pending-mb", min=1,

@@ -5,7 +5,9 @@ whose single inference thread runs the model while the next uploads are decoded 
 previous answers are rendered and logged: decode, inference and response overlap instead of
 taking turns. Requests that arrive within ``max_wait_s`` of the first one of a batch (at most
 ``max_batch`` in all) are scored in one call; with ``max_batch=1`` no request ever waits for
-another. Whether batches are faster depends on the runtime (see the README's load table).
+another. With ``max_wait_s=0`` (the service's default) a batch is whatever queued up while
+the previous one ran: no request waits at low load, and batches grow with the load. Whether
+batches are faster depends on the runtime (see the README's load table).
 
 :class:`ByteBudget` bounds the decoded images waiting for inference: a request reserves its
 image's bytes before decoding and frees them after inference, and waits (up to a time limit)
@@ -86,7 +88,7 @@ class MicroBatcher(Generic[T, R]):
     """
 
     def __init__(self, score: Callable[[Sequence[T]], Sequence[R]], max_batch: int = 1,
-                 max_wait_s: float = 0.002) -> None:
+                 max_wait_s: float = 0.0) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.score = score

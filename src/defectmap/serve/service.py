@@ -142,7 +142,7 @@ class InspectionService:
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         pending_bytes: int = DEFAULT_PENDING_BYTES,
         max_batch: int = 1,
-        max_wait_ms: float = 2.0,
+        max_wait_ms: float = 0.0,
         picture_dir: Path | None = None,
         files_dir: Path | None = None,
         warmup: bool = True,
