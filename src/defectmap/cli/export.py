@@ -40,11 +40,13 @@ class Runtime(StrEnum):
     epilog="Example: defectmap export models/bottle --format openvino --out models/bottle-ov",
 )
 def export_command(
-    model_dir: Path = typer.Argument(..., help="Model folder written by `defectmap fit`."),
+    model_dir: Path = typer.Argument(..., metavar="MODEL_DIR",
+                                     help="Model folder written by `defectmap fit`."),
     format: ExportFormat = typer.Option(
         ExportFormat.onnx, "--format", "-f",
         help="onnx: an ONNX graph for ONNX Runtime; openvino: OpenVINO IR as well."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder to create (must not exist)."),
+    out: Path = typer.Option(..., "--out", "-o", metavar="DIR",
+                             help="Folder to create (must not exist)."),
     input: GraphInput = typer.Option(
         GraphInput.normalized, "--input",
         help="normalized: the graph takes the normalised tensor (resize in NumPy); pixels: "
@@ -66,4 +68,4 @@ def export_command(
     size_mb = sum(entry["bytes"] for entry in manifest["files"].values()) / 1e6
     runtimes = ", ".join(["torch", *manifest["runtimes"]])
     console.print(f"exported to {out} ({len(manifest['files'])} files, {size_mb:.1f} MB); "
-                  f"runs on {runtimes}")
+                  f"runs on {runtimes}", markup=False, highlight=False, soft_wrap=True)

@@ -29,10 +29,11 @@ Errors
 Every error is JSON ``{"error": code, "detail": message}``: 400 empty or unreadable upload
 and bad query values, 401 missing/wrong token, 404 unknown id or path, 410 picture no
 longer held, 413 upload over the byte limit or image over the pixel limit, 415 not an
-image, 422 wrong form field, 503 the audit log cannot be read or written (disk full,
-read-only database, server down: the decision is then not handed out) or the service is full,
-500 an unexpected failure (a bug; no row is written). The service keeps serving after each,
-and answers again by itself once the database is back.
+image, 422 wrong form field or an image unlike the training images (``input_mismatch``),
+503 the audit log cannot be read or written (disk full, read-only database, server down: the
+decision is then not handed out) or the service is full, 500 an unexpected failure (a bug;
+no row is written). The service keeps serving after each, and answers again by itself once
+the database is back.
 """
 
 from __future__ import annotations
@@ -251,7 +252,8 @@ def create_app(
     pending_bytes : int
         Byte budget of decoded uploads waiting for inference.
     **options
-        The other keyword arguments of :class:`InspectionService` (batching, drift, ...).
+        The other keyword arguments of :class:`InspectionService` (batching, drift,
+        ``runtime``, ``uncalibrated``, ``allow_mismatch``, ...).
 
     Returns
     -------
@@ -309,6 +311,8 @@ def create_app(
     @v1.post("/inspect", responses={
         413: {"model": ErrorOut, "description": "Upload or image too large"},
         415: {"model": ErrorOut, "description": "Not an image"},
+        422: {"model": ErrorOut,
+              "description": "No image field, or an image unlike the training images"},
         503: {"model": ErrorOut, "description": "Audit row cannot be written"},
     })
     async def inspect(

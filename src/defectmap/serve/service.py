@@ -43,7 +43,7 @@ import numpy as np
 from defectmap.calibrate.conformal import normalize
 from defectmap.calibrate.drift import DEFAULT_DRIFT_ALPHA, DEFAULT_WINDOW, DriftResult, drift_test
 from defectmap.constants import MAX_IMAGE_PIXELS
-from defectmap.data.io import MAX_UPLOAD_BYTES, decode_image, probe_image
+from defectmap.data.io import MAX_UPLOAD_BYTES, decode_image, probe_info
 from defectmap.errors import ImageReadError, ImageTooLargeError
 from defectmap.files import write_bytes
 from defectmap.report.render import colour_scale, encode_png, heatmap_rgb, overlay_rgb
@@ -125,9 +125,19 @@ class InspectionService:
         model folder was exported for (see :func:`defectmap.pipeline.load_model`).
     n_threads : int, optional
         CPU threads of an ONNX Runtime / OpenVINO runtime (None: its default).
+    uncalibrated : bool
+        Serve a model without ``calibration.json`` (answers carry raw scores only, the
+        decision is null); by default such a model is refused, and so is such a version
+        promoted later in a followed registry (the old version keeps serving).
+    allow_mismatch : bool
+        Score uploads whose colour or size differs from the training images of the model in
+        service (see :mod:`defectmap.data.profile`); by default they are answered 422
+        ``input_mismatch``.
 
     Raises
     ------
+    UncalibratedModelError
+        The model has no calibration and ``uncalibrated`` is False.
     DefectmapError
         When the model is missing or invalid, or the database cannot be opened.
     """
@@ -151,10 +161,13 @@ class InspectionService:
         drift_alpha: float = DEFAULT_DRIFT_ALPHA,
         runtime: str | None = None,
         n_threads: int | None = None,
+        uncalibrated: bool = False,
+        allow_mismatch: bool = False,
     ) -> None:
         # The model first: prove it runs before the audit database is touched.
         self.slot = ModelSlot(model_dir, warmup=warmup, poll_s=reload_s, runtime=runtime,
-                              n_threads=n_threads)
+                              n_threads=n_threads, uncalibrated=uncalibrated)
+        self.allow_mismatch = allow_mismatch
         self.audit: AuditStore = open_audit_log(db_path or Path.cwd() / DEFAULT_DB_NAME)
         self.files_root = files_root(self.audit)
         if files_dir is None:
@@ -283,12 +296,17 @@ class InspectionService:
                 f"{filename}: upload is larger than the limit of {self.max_upload_bytes} bytes",
             )
         try:
-            width, height, _, fmt = probe_image(data, filename, self.max_pixels)
+            info, fmt = probe_info(data, filename, self.max_pixels)
         except ImageTooLargeError as exc:
             raise ApiError(413, "too_many_pixels", str(exc)) from exc
         except ImageReadError as exc:
             raise ApiError(415, "not_an_image", str(exc)) from exc
-        return width, height, fmt
+        mismatch = [] if self.allow_mismatch else self.model.input_mismatches([info], [filename])
+        if mismatch:
+            raise ApiError(422, "input_mismatch",
+                           f"{filename}: {mismatch[0][1]}; this service does not score such "
+                           "images (it was started without allow_mismatch)")
+        return info.width, info.height, fmt
 
     def _decode(self, data: bytes, filename: str, fmt: str) -> np.ndarray:
         """The decoded (H, W, 3) uint8 image."""

@@ -5,8 +5,9 @@
 version is loaded, checked against its content address and warmed up *beside* the old one,
 then swapped in with one reference assignment. A request scores with the model it took at
 the start of its batch, so requests in flight finish on the old version and none is dropped;
-each audit row names the version that decided. A new version that fails to load leaves the
-old one serving and is reported (``reload_error``) on ``/healthz``.
+each audit row names the version that decided. A new version that fails to load, or that
+the service would have refused at start (no calibration without ``uncalibrated``), leaves
+the old one serving and is reported (``reload_error``) on ``/healthz``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from defectmap.errors import DefectmapError, ModelFileError
+from defectmap.errors import DefectmapError, ModelFileError, UncalibratedModelError
 from defectmap.files import to_jsonable
 from defectmap.registry import Registry, is_registry
 
@@ -57,14 +58,18 @@ def load_served(
     warmup: bool,
     runtime: str | None = None,
     n_threads: int | None = None,
+    uncalibrated: bool = False,
 ) -> ServedModel:
     """Load ``model_dir`` (and, with ``warmup``, run it once on a blank image).
 
     ``runtime`` and ``n_threads`` go to :func:`defectmap.pipeline.load_model` (None: the
-    fastest installed runtime the folder was exported for).
+    fastest installed runtime the folder was exported for). A model without calibration is
+    refused unless ``uncalibrated``.
 
     Raises
     ------
+    UncalibratedModelError
+        The model has no ``calibration.json`` and ``uncalibrated`` is False.
     DefectmapError
         The model is missing or invalid, or fails on the test image.
     """
@@ -73,6 +78,11 @@ def load_served(
     if not model_dir.is_dir():
         raise DefectmapError(f"{model_dir}: model directory not found")
     model = load_model(model_dir, runtime=runtime, n_threads=n_threads)
+    if model.calibration is None and not uncalibrated:
+        raise UncalibratedModelError(
+            f"{model_dir}: no calibration.json, so no ok/defect decision can be made; "
+            "train it with calibration, or serve raw scores only (uncalibrated=True)"
+        )
     model_hash = str(model.model_hash)
     if version is not None and not model_hash.startswith(version):
         raise ModelFileError(f"{model_dir}: files changed since version {version} was added")
@@ -104,13 +114,18 @@ class ModelSlot:
     runtime, n_threads : str, int, optional
         Runtime of every version loaded, and the threads of an exported model's runtime
         (see :func:`load_served`).
+    uncalibrated : bool
+        Accept versions without calibration (see :func:`load_served`); the same rule holds
+        for the first version and for every version switched to later.
     """
 
     def __init__(self, source: str | Path, warmup: bool = True, poll_s: float = 1.0,
-                 runtime: str | None = None, n_threads: int | None = None) -> None:
+                 runtime: str | None = None, n_threads: int | None = None,
+                 uncalibrated: bool = False) -> None:
         self.source = Path(source)
         self.runtime = runtime
         self.n_threads = n_threads
+        self.uncalibrated = uncalibrated
         self.registry = Registry(self.source) if is_registry(self.source) else None
         self.warmup = warmup
         self.poll_s = float(poll_s)
@@ -129,10 +144,10 @@ class ModelSlot:
         name = self.source.resolve().name
         if self.registry is None:
             return load_served(self.source, name, None, self.warmup, self.runtime,
-                               self.n_threads)
+                               self.n_threads, self.uncalibrated)
         version = self.registry.resolve("current")
         return load_served(self.registry.versions_dir / version, name, version, self.warmup,
-                           self.runtime, self.n_threads)
+                           self.runtime, self.n_threads, self.uncalibrated)
 
     def check(self) -> bool:
         """Switch to the registry's current version if it changed; True when it switched."""
