@@ -10,9 +10,9 @@ SHELL  := /bin/bash
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --progress-bar off -c constraints.txt -e '.[dev,lite12,faiss]' 2>&1 \
+	$(PY) -m pip install -q --progress-bar off -c constraints.txt -e '.[dev,lite12,faiss,ray]' 2>&1 \
 	  | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
-	$(PY) -c 'import defectmap, torch, timm, torchvision'
+	$(PY) -c 'import defectmap, torch, timm, torchvision, ray.data'
 	touch $(STAMP)
 
 demo: $(STAMP)

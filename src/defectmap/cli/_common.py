@@ -43,6 +43,21 @@ def _root(
     del debug
 
 
+#: Options whose value may be left out, and the value they then take.
+_OPTIONAL_VALUES = {"--ray": "auto"}
+
+
+def _fill_optional_values(argv: list[str]) -> list[str]:
+    """``--ray`` at the end or before another option means ``--ray=auto``."""
+    out = []
+    for i, arg in enumerate(argv):
+        following = argv[i + 1] if i + 1 < len(argv) else None
+        if arg in _OPTIONAL_VALUES and (following is None or following.startswith("-")):
+            arg = f"{arg}={_OPTIONAL_VALUES[arg]}"
+        out.append(arg)
+    return out
+
+
 def run_app(argv: list[str]) -> int:
     """Run the CLI on ``argv``; return the exit code.
 
@@ -50,6 +65,7 @@ def run_app(argv: list[str]) -> int:
     stderr and return 1 (2 for usage errors, 130 for Ctrl-C); ``--debug`` re-raises them.
     """
     debug = "--debug" in argv
+    argv = _fill_optional_values(argv)
     try:
         # With standalone_mode=False click returns the code of ``typer.Exit(code)`` (or the
         # command's own return value, which our commands leave as None).
