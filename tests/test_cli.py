@@ -188,7 +188,7 @@ def test_error_paths_exit_1_with_one_message(synthetic_root: Path, model_dir: Pa
     assert rc == 1 and "does not exist" in _one_error_line(err)
     rc, _, err = run(capsys, "benchmark", synthetic_root, "--all", "--category", "x",
                      "--out", tmp_path / "b")
-    assert rc == 1 and "either --category or --all" in _one_error_line(err)
+    assert rc == 2 and "either --category or --all" in _one_error_line(err)  # usage error
     rc, _, err = run(capsys, "benchmark", synthetic_root, "--detector", "nosuch",
                      "--out", tmp_path / "b")
     assert rc == 1 and "patchcore" in _one_error_line(err)  # lists the known ones
@@ -247,3 +247,38 @@ def test_debug_flag_does_not_stick_to_later_runs(tmp_path: Path,
         run_app(["--debug", *argv])  # --debug: the error propagates with its traceback
     rc, _, err = run(capsys, *argv)  # the next call in the same process is not in debug mode
     assert rc == 1 and "does not exist" in _one_error_line(err)
+
+
+def test_plain_good_and_defect_folders_as_the_readme_calls_them(
+    synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`defectmap fit data/my_part --out ...` on a plain good/ + <defect>/ folder, then
+    evaluate: image-level metrics, and a report without a ground-truth panel."""
+    import shutil
+
+    part = tmp_path / "my_part"
+    (part / "good").mkdir(parents=True)
+    (part / "scratch").mkdir()
+    source = synthetic_root / "synthetic"
+    goods = sorted((source / "train" / "good").glob("*.png")) + sorted(
+        (source / "test" / "good").glob("*.png"))
+    for i, path in enumerate(goods):  # 32 good images: 26 train, 6 held out for the test
+        shutil.copy(path, part / "good" / f"{i:03d}.png")
+    defects = sorted(p for p in (source / "test").glob("*/*.png") if p.parent.name != "good")
+    for i, path in enumerate(defects):
+        shutil.copy(path, part / "scratch" / f"{i:03d}.png")
+    rc, stdout, err = run(capsys, "data", "check", part)
+    assert rc == 0 and "good/ + defect folders" in " ".join(stdout.split()), err
+    rc, _, err = run(capsys, "fit", part, *SIZE, "--alpha", "0.1", "--out", tmp_path / "m")
+    assert rc == 0, err
+    assert load_model(tmp_path / "m").info["n_train_good"] == 26
+    rc, stdout, err = run(capsys, "evaluate", tmp_path / "m", part, "--out", tmp_path / "e")
+    assert rc == 0, err
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["n_images"] == 6 + len(defects) and metrics["pixel_auroc"] is None
+    images = metrics["images"]
+    assert sorted(i["label"] for i in images) == [0] * 6 + [1] * len(defects)
+    assert metrics["image_auroc"] == image_auroc([i["score"] for i in images],
+                                                 [i["label"] for i in images])
+    report = (tmp_path / "e" / "report.html").read_text()
+    assert "no ground-truth masks" in report

@@ -231,3 +231,40 @@ def test_loco_unknown_mask_value_and_official_counts(tmp_path, capsys):
     assert run_app(["data", "check", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "MVTec LOCO AD layout, official" in out and "mask_unknown_value" in out
+
+
+def test_mixed_modes_within_a_category_are_reported(synthetic_root, tmp_path, capsys):
+    f = _copy(synthetic_root, tmp_path)
+    for rel in ("train/good/004.png", "test/good/001.png"):  # 2 gray among 40 colour
+        Image.open(f / rel).convert("L").save(f / rel)
+    report = check_dataset(f)
+    assert _kinds(report) == {"mixed_modes": ["test/good/001.png", "train/good/004.png"]}
+    assert report.problems[0].message == (
+        "grayscale image among colour images of this category (38 colour, 2 grayscale)")
+    assert report.categories[0].image_modes == {"RGB": 38, "L": 2}
+    gray = _copy(synthetic_root, tmp_path, "gray")  # all gray: consistent, no problem
+    for path in gray.rglob("*.png"):
+        if "ground_truth" not in path.parts:
+            Image.open(path).convert("L").save(path)
+    assert check_dataset(gray).ok
+    assert run_app(["data", "check", str(f)]) == 1
+    assert "mixed_modes" in capsys.readouterr().out
+
+
+def test_problem_lines_name_each_path_once(synthetic_root, tmp_path, capsys):
+    f = _copy(synthetic_root, tmp_path)
+    _truncate(f / "train/good/003.png")
+    (f / "test/good/002.png").write_text("not an image")
+    _truncate(f / "ground_truth/scratch/001_mask.png")
+    report = check_dataset(f)
+    assert sorted((p.kind, p.path.name) for p in report.problems) == [
+        ("unreadable_image", "002.png"), ("unreadable_image", "003.png"),
+        ("unreadable_mask", "001_mask.png")]
+    for problem in report.problems:
+        assert str(problem.path) not in problem.message
+    assert run_app(["data", "check", str(f)]) == 1
+    lines = [line for line in capsys.readouterr().out.splitlines() if "unreadable" in line]
+    assert len(lines) == 3
+    for line in lines:
+        path = line.split()[1].rstrip(":")
+        assert line.count(path) == 1 and line.count(Path(path).name) == 1, line

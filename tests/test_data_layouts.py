@@ -249,7 +249,7 @@ def test_cli_synth_every_layout_then_check(tmp_path, capsys):
         assert run_app(["data", "check", str(out)]) == 0
         printed = capsys.readouterr().out
         assert "no problems found" in printed and f"synth_{layout}" in printed
-    assert run_app(["data", "synth", str(tmp_path / "x"), "--layout", "mvtec3d"]) == 1
+    assert run_app(["data", "synth", str(tmp_path / "x"), "--layout", "mvtec3d"]) == 2
     assert "--layout must be mvtec or one of" in " ".join(capsys.readouterr().err.split())
     data = layouts.load_category(tmp_path / "loco", "synth_loco")
     assert (len(data.train), len(data.validation), len(data.test)) == (6, 1, 8)

@@ -175,9 +175,9 @@ def test_predict_on_a_local_ray_writes_the_same_bytes_as_local(
 
     images = grid_root / "good" / "test"
     rows = predict_to_dir(load_model(model_dir), [images], tmp_path / "local", batch_size=2,
-                          parquet=True, n_threads=THREADS)
+                          parquet=True, n_threads=THREADS, recursive=True)
     proc = _cli("predict", model_dir, images, "--out", tmp_path / "ray", "--batch-size", 2,
-                "--parquet", "--threads", THREADS, "--ray", "local")
+                "--parquet", "--threads", THREADS, "--recursive", "--ray", "local")
     assert proc.returncode == 0, proc.stderr
     local, on_ray = _files(tmp_path / "local"), _files(tmp_path / "ray")
     assert len(rows) == 6 and sum(k.startswith("overlays/") for k in local) == 6

@@ -210,3 +210,15 @@ def test_bottle_subset_heatmaps_sit_on_the_defects(bottle_root: Path, tmp_path: 
         grown = ndimage.binary_dilation(read_mask(sample.mask_path), iterations=45)
         hits += bool(grown[np.unravel_index(np.argmax(amap), amap.shape)])
     assert hits >= 0.8 * len(bad), f"{hits} of {len(bad)} peaks on the defect"
+
+
+def test_an_earlier_evaluation_holding_other_files_is_not_replaced(
+    trained: tuple[CategoryData, InspectionModel], tmp_path: Path
+) -> None:
+    data, model = trained
+    out = tmp_path / "eval"
+    evaluate_model(model, _small(data), out, report=False, write_maps=False)
+    (out / "my_notes.md").write_text("keep me")
+    with pytest.raises(DefectmapError, match=r"not part of this output \(my_notes\.md\)"):
+        evaluate_model(model, _small(data), out, report=False, write_maps=False)
+    assert (out / "my_notes.md").read_text() == "keep me" and (out / "metrics.json").exists()

@@ -143,8 +143,8 @@ def test_missing_extra_wrong_size_and_bad_maps(maps_setup, synthetic_root, tmp_p
         read_map(rgb)
     with pytest.raises(MapFileError, match="no maps for category 'nope'"):
         evaluate_maps_dir(bad, synthetic_root, categories=["nope"])
-    assert run_app(["evaluate-maps", str(bad), str(synthetic_root), "--fpr-limit", "1.5"]) == 1
-    assert "fpr_limit must be in (0, 1]" in capsys.readouterr().err
+    assert run_app(["evaluate-maps", str(bad), str(synthetic_root), "--fpr-limit", "1.5"]) == 2
+    assert "'--fpr-limit': must be in (0, 1], got 1.5" in capsys.readouterr().err
 
 
 def test_dataset_without_masks_gives_image_metrics_only(maps_setup, synthetic_root, tmp_path):

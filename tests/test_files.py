@@ -63,6 +63,10 @@ def test_atomic_output_dir_refuses_unrelated_folder(tmp_path: Path) -> None:
 def test_replace_dir_puts_the_old_folder_back_when_the_swap_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import defectmap.files as files
+
+    # The fallback for systems that cannot exchange two folders: two renames.
+    monkeypatch.setattr(files, "exchange_dirs", lambda a, b: False)
     target, new = tmp_path / "model", tmp_path / ".model.tmp"
     target.mkdir()
     (target / "model.json").write_text("old")
@@ -80,7 +84,7 @@ def test_replace_dir_puts_the_old_folder_back_when_the_swap_fails(
     monkeypatch.setattr(os, "replace", second_rename_fails)
     with pytest.raises(OSError, match="disk went away"):
         replace_dir(new, target)
-    monkeypatch.undo()
+    monkeypatch.setattr(os, "replace", real_replace)
     assert (target / "model.json").read_text() == "old"  # restored
     assert (new / "model.json").read_text() == "new"  # the caller cleans up its temp folder
     assert sorted(p.name for p in tmp_path.iterdir()) == [".model.tmp", "model"]  # no backup
@@ -104,3 +108,69 @@ def test_hashes_match_hashlib_and_track_names_and_bytes(tmp_path: Path) -> None:
     assert first == expected.hexdigest()
     (tmp_path / "m.json").rename(tmp_path / "n.json")  # same bytes, another name
     assert sha256_tree(tmp_path) != first
+
+
+def test_replace_dir_never_leaves_the_path_missing(tmp_path: Path) -> None:
+    """A reader polling the folder from another process never finds it missing (issue 12.4).
+
+    The previous swap renamed the old folder away and then the new one in: a reader that
+    looked in between (a service reloading its model) found no model at all.
+    """
+    import subprocess
+    import sys
+
+    from defectmap.files import make_temp_dir
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the atomic folder exchange is Linux's renameat2")
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "model.json").write_text("0")
+    stop = tmp_path / "stop"
+    probe = (
+        "import os\n"
+        f"path, stop = {str(target / 'model.json')!r}, {str(stop)!r}\n"
+        "missing = probes = 0\n"
+        "print('ready', flush=True)\n"
+        "while not os.path.exists(stop):\n"
+        "    probes += 1\n"
+        "    try:\n"
+        "        os.stat(path)\n"
+        "    except FileNotFoundError:\n"
+        "        missing += 1\n"
+        "print(missing, probes)\n"
+    )
+    reader = subprocess.Popen([sys.executable, "-c", probe], stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout is not None and reader.stdout.readline() == "ready\n"
+        for version in range(1, 301):
+            new = make_temp_dir(tmp_path, prefix=".model.tmp-")
+            (new / "model.json").write_text(str(version))
+            replace_dir(new, target)
+        stop.write_text("")
+        missing, probes = map(int, reader.communicate(timeout=60)[0].split())
+    finally:
+        reader.kill()
+    assert probes > 1000  # the reader really looked, many times per swap
+    assert missing == 0
+    assert (target / "model.json").read_text() == "300"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "stop"]  # no leftovers
+
+
+def test_output_folder_with_foreign_files_is_refused_and_kept(tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    with atomic_output_dir(out, "model.json", owned=("model.json", "weights.bin")) as tmp:
+        (tmp / "model.json").write_text("1")
+    (out / "notes.txt").write_text("my notes")
+    (out / ".git").mkdir()
+    with pytest.raises(DefectmapError, match=r"not part of this output \(\.git, notes\.txt\)"):
+        with atomic_output_dir(out, "model.json", owned=("model.json", "weights.bin")):
+            raise AssertionError("must refuse before yielding")
+    assert (out / "notes.txt").read_text() == "my notes" and (out / "model.json").exists()
+    (out / "notes.txt").unlink()
+    (out / ".git").rmdir()
+    with atomic_output_dir(out, "model.json", owned=("model.json", "weights.bin")) as tmp:
+        (tmp / "model.json").write_text("2")
+        (tmp / "weights.bin").write_text("w")
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", "weights.bin"]
+    assert (out / "model.json").read_text() == "2"

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import defectmap
 
-ORDER = ["errors", "constants", "files", "progress", "threads", "prediction", "data",
-         "metrics", "features", "detectors", "calibrate", "pipeline", "report", "evaluate",
-         "distributed", "serve", "demo", "cli"]
+ORDER = ["errors", "constants", "files", "progress", "threads", "prediction", "data", "runtime",
+         "metrics", "features", "detectors", "calibrate", "pipeline", "export", "report",
+         "evaluate", "distributed", "serve", "demo", "cli"]
 PACKAGE = Path(defectmap.__file__).parent
 
 

@@ -161,3 +161,20 @@ def test_table_mean_skips_undefined_values():
     assert mean["image_auroc"] == pytest.approx(0.8)
     assert mean["pixel_auroc"] == pytest.approx(0.8)  # the NaN category is left out
     assert mean["aupro"] == pytest.approx(0.5)
+
+
+def test_report_without_masks_has_no_ground_truth_panel(tmp_path: Path) -> None:
+    """A dataset without masks (the plain good/ + defect/ layout): three panels, and the key
+    does not announce a ground truth that is not there (issue 12.12)."""
+    data = fake_report_data(tmp_path / "images_in")
+    data.masks = None
+    data.pro = None
+    report = write_report(data, tmp_path / "out", max_gallery=2, thumb=64)
+    text = report.read_text()
+    assert "ground truth <span" not in text and "no ground-truth masks" in text
+    for path in sorted((tmp_path / "out" / "figures").glob("gallery_*.png")):
+        with Image.open(path) as im:
+            assert im.size == (3 * 64 + 2 * 6, 64 + 30)  # input, heatmap, predicted
+    with_masks = write_report(fake_report_data(tmp_path / "again"), tmp_path / "out2",
+                              max_gallery=2, thumb=64).read_text()
+    assert "ground truth <span" in with_masks

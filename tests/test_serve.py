@@ -577,14 +577,14 @@ def test_cli_refuses_public_host_without_token_and_bad_model(
 ) -> None:
     rc = run_app(["serve", str(model_dir), "--host", "0.0.0.0", "--db", str(tmp_path / "a.db")])
     err = capsys.readouterr().err
-    assert rc == 1 and "--token" in err and "0.0.0.0" in err and "not loopback" in err
+    assert rc == 2 and "--host 0.0.0.0 is not loopback: it needs --token" in err  # usage error
     assert_one_error(err)
     assert not (tmp_path / "a.db").exists()
 
     rc = run_app(["serve", str(model_dir), "--host", "0.0.0.0", "--token", "  ",
                   "--db", str(tmp_path / "a.db")])
     err = capsys.readouterr().err
-    assert rc == 1 and "white space" in err and not (tmp_path / "a.db").exists()
+    assert rc == 2 and "white space" in err and not (tmp_path / "a.db").exists()
     assert_one_error(err)
 
     rc = run_app(["serve", str(tmp_path / "no-model"), "--db", str(tmp_path / "b.db")])

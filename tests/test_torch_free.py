@@ -32,6 +32,7 @@ TORCH_FREE = [
     "defectmap.progress",
     "defectmap.report",
     "defectmap.report.render",
+    "defectmap.runtime",
     "defectmap.serve",
 ]
 

@@ -8,10 +8,21 @@ from typing import Final
 DEFAULT_DETECTOR: Final = "patchcore"
 #: Smallest side of the square network input (a 2 x 2 feature grid at stride 16).
 MIN_INPUT_SIZE: Final = 32
+#: Largest side of the square network input accepted on the command line (a typo guard).
+MAX_INPUT_SIZE: Final = 2048
 #: Target false-alarm rate of the calibrated image threshold.
 DEFAULT_ALPHA: Final = 0.01
 #: Target fraction of good validation pixels above the calibrated pixel threshold.
 DEFAULT_PIXEL_FPR: Final = 0.001
+#: Inference runtimes (``--runtime``): torch runs the detector, the others an exported graph.
+RUNTIMES: Final = ("torch", "onnxruntime", "openvino")
+#: The pip extra (pyproject.toml) that installs each optional top-level module.
+EXTRA_OF_MODULE: Final = {"torch": "train", "torchvision": "train", "timm": "train",
+                          "onnx": "export", "onnxscript": "export", "onnxruntime": "runtime",
+                          "openvino": "openvino", "ray": "ray"}
+#: Formats of ``defectmap export`` and the inputs its graph can take.
+EXPORT_FORMATS: Final = ("onnx", "openvino")
+EXPORT_INPUTS: Final = ("normalized", "pixels")
 
 TEXTURE_CATEGORIES: Final = ("carpet", "grid", "leather", "tile", "wood")
 OBJECT_CATEGORIES: Final = (
@@ -28,6 +39,9 @@ MVTEC_AD2_FPR_LIMIT: Final = 0.05
 
 #: Images larger than this many pixels are refused (decompression-bomb guard).
 MAX_IMAGE_PIXELS: Final = 64_000_000
+#: An input image whose width or height is more than this factor outside the training
+#: images' range differs from them (see defectmap.data.profile).
+SIZE_TOLERANCE: Final = 2.0
 
 # --------------------------------------------------------------------------------------
 # Official MVTec AD image counts (Bergmann et al., CVPR 2019 / IJCV 2021), per category.

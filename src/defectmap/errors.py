@@ -36,6 +36,10 @@ class ModelFileError(DefectmapError, ValueError):
     """A saved model directory is missing a file or holds an invalid one."""
 
 
+class UncalibratedModelError(ModelFileError):
+    """A model without ``calibration.json`` was asked for ok/defect decisions."""
+
+
 class OfflineError(DefectmapError, RuntimeError):
     """Something must be downloaded but the network cannot be reached."""
 

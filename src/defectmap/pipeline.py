@@ -9,12 +9,18 @@ normalisation on the second (see :mod:`defectmap.calibrate`) and writes one mode
       weights.safetensors   the detector's learned arrays
       calibration.json      thresholds, alpha, validation scores and statistics
       training.json         category, dataset root, fit/validation counts and file stems,
-                            random_state, alpha, timestamps, package version
+                            the training images' colour and size range (``images``, see
+                            :mod:`defectmap.data.profile`), random_state, alpha,
+                            timestamps, package version
 
-The test split is never read. The directory is built beside ``out_dir`` under a temporary
-name and renamed into place when complete, so an existing model is only replaced by a whole
-new one. :func:`load_model` restores it; :meth:`InspectionModel.inspect` turns images into
-per-image :class:`Inspection` results (used by ``predict``, the service and the report).
+The test split is never read. Every training image is checked before the (long) feature
+extraction, and one error lists every unreadable file. The directory is built beside
+``out_dir`` under a temporary name and swapped in when complete
+(:func:`defectmap.files.replace_dir`), so an existing model is only replaced by a whole new
+one, and a folder holding files that are not part of a model (:data:`MODEL_FILES`) is
+refused rather than deleted. :func:`load_model` restores it, and reads again when the folder
+was swapped while it read; :meth:`InspectionModel.inspect` turns images into per-image
+:class:`Inspection` results (used by ``predict``, the service and the report).
 """
 
 from __future__ import annotations
@@ -39,19 +45,27 @@ from defectmap.calibrate import (
     split_validation,
 )
 from defectmap.constants import DEFAULT_ALPHA, DEFAULT_DETECTOR, DEFAULT_PIXEL_FPR
+from defectmap.data.io import ImageInfo, check_images
+from defectmap.data.profile import ImageProfile
 from defectmap.data.records import CategoryData, Sample
-from defectmap.errors import DatasetError, ModelFileError
+from defectmap.errors import DatasetError, DefectmapError, ModelFileError
 from defectmap.files import atomic_output_dir, check_replaceable, sha256_tree, write_json
+from defectmap.prediction import Scorer
 from defectmap.progress import ProgressCallback
 
 if TYPE_CHECKING:
-    from defectmap.detectors import Detector
-    from defectmap.features.preprocess import ImageInput
+    from defectmap.data.io import ImageInput
 
-__all__ = ["TRAINING_FILE", "Inspection", "InspectionModel", "load_model", "train_model"]
+__all__ = ["MODEL_FILES", "TRAINING_FILE", "Inspection", "InspectionModel", "load_model",
+           "train_model"]
 
 TRAINING_FILE = "training.json"
 MODEL_FILE = "model.json"  # written by the detector (defectmap.detectors.base.MODEL_JSON)
+#: Every entry of a model directory. :func:`train_model` replaces an existing directory only
+#: when it holds nothing else.
+MODEL_FILES = (MODEL_FILE, "weights.safetensors", CALIBRATION_FILE, TRAINING_FILE)
+#: Reads of a model folder that was swapped while being read, before giving up.
+_LOAD_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: arrays have no single truth value
@@ -98,11 +112,14 @@ class Inspection:
 
 
 class InspectionModel:
-    """A detector with its calibration and training summary.
+    """A scorer with its calibration and training summary.
 
     Parameters
     ----------
-    detector : a fitted :class:`~defectmap.detectors.Detector`.
+    detector : the scorer: a fitted :class:`~defectmap.detectors.Detector` (torch), or an
+        exported model on ONNX Runtime / OpenVINO
+        (:class:`~defectmap.runtime.ExportedModel`); anything with ``name``,
+        ``get_params()`` and ``predict(images, batch_size, progress) -> Prediction``.
     calibration : thresholds from good validation images, or None (raw scores only).
     info : the training summary (contents of ``training.json``; may be empty).
     directory : the model directory it was loaded from / saved to, if any.
@@ -111,7 +128,7 @@ class InspectionModel:
 
     def __init__(
         self,
-        detector: Detector,
+        detector: Scorer,
         calibration: Calibration | None,
         info: dict[str, Any],
         *,
@@ -125,6 +142,31 @@ class InspectionModel:
         if model_hash is None and self.directory is not None:
             model_hash = sha256_tree(self.directory)
         self._model_hash = model_hash
+        images = self.info.get("images")
+        self.profile = None if images is None else ImageProfile.from_dict(images)
+
+    def input_mismatches(
+        self, infos: Sequence[ImageInfo], names: Sequence[str]
+    ) -> list[tuple[str, str]]:
+        """``(name, reason)`` for each image that differs from the training images.
+
+        Colour and size are compared with the training images' :attr:`profile` (see
+        :mod:`defectmap.data.profile`); a model without one (saved before profiles were
+        recorded) finds no mismatch.
+        """
+        if self.profile is None:
+            return []
+        found = []
+        for info, name in zip(infos, names, strict=True):
+            reason = self.profile.mismatch(info)
+            if reason is not None:
+                found.append((name, reason))
+        return found
+
+    @property
+    def runtime(self) -> str:
+        """``"torch"`` for a detector, else the exported model's runtime."""
+        return str(getattr(self.detector, "runtime", "torch"))
 
     @property
     def model_hash(self) -> str | None:
@@ -186,9 +228,11 @@ class InspectionModel:
     def describe(self) -> dict[str, Any]:
         """JSON-ready description for humans and the service's ``/v1/model``.
 
-        Keys: ``detector``, ``params``, ``model_hash``, ``package_version``, ``calibrated``,
+        Keys: ``detector``, ``params``, ``runtime``, ``model_hash``, ``package_version``,
+        ``calibrated``,
         ``thresholds`` (None without calibration), ``validation_scores`` (statistics) and
-        ``training`` (the training summary without the per-file stem lists).
+        ``training`` (the training summary without the per-file stem lists and without the
+        dataset path, which ``training.json`` keeps).
         """
         cal = self.calibration
         thresholds = None
@@ -200,10 +244,13 @@ class InspectionModel:
                             "guarantee_holds", "false_alarm_bound", "min_region_area", "warning")
             }
             validation = cal.val_score_stats
-        training = {k: v for k, v in self.info.items() if not k.endswith("_stems")}
+        # Neither the per-file stem lists nor where the data lay on the training machine.
+        training = {k: v for k, v in self.info.items()
+                    if not k.endswith("_stems") and k != "dataset_root"}
         return {
             "detector": self.detector.name,
             "params": self.detector.get_params(),
+            "runtime": self.runtime,
             "model_hash": self.model_hash,
             "package_version": self.info.get("package_version", __version__),
             "calibrated": cal is not None,
@@ -218,19 +265,72 @@ class InspectionModel:
                f"{hash_part})"
 
 
-def load_model(directory: str | os.PathLike[str]) -> InspectionModel:
-    """Load a model directory written by :func:`train_model` (or a bare saved detector).
+def load_model(
+    directory: str | os.PathLike[str],
+    runtime: str | None = None,
+    n_threads: int | None = None,
+) -> InspectionModel:
+    """Load a model directory written by :func:`train_model` or by ``defectmap export``.
 
     ``calibration.json`` and ``training.json`` are optional: without them the model gives raw
-    scores only. Raises :class:`~defectmap.errors.ModelFileError` naming the bad file.
-    """
-    from defectmap.detectors import load_detector
+    scores only (``calibration`` is None; ``predict_to_dir`` and the service refuse such a
+    model unless told to accept raw scores). A directory swapped in by a new fit while it is
+    read is read again, so the model returned comes from one version of the folder.
 
+    Parameters
+    ----------
+    directory : the model folder.
+    runtime : ``"torch"``, ``"onnxruntime"`` or ``"openvino"``; None: the fastest installed
+        one the folder was exported for (torch for a folder that was not exported).
+    n_threads : CPU threads of an ONNX Runtime / OpenVINO runtime (None: its default).
+
+    Raises
+    ------
+    ModelFileError : a file is missing or invalid (the message names it), or an exported
+        folder's files differ from the hashes in its ``export.json``.
+    RuntimeUnavailableError : the runtime is not installed, or the folder was not exported
+        for it.
+    """
     folder = Path(directory)
+    for _ in range(_LOAD_ATTEMPTS):
+        before = _identity(folder)
+        try:
+            model = _load_once(folder, runtime, n_threads)
+        except (DefectmapError, OSError):
+            if _identity(folder) == before:
+                raise  # the folder did not change: the error is real
+            time.sleep(0.01)
+            continue
+        if _identity(folder) == before:
+            return model
+    raise ModelFileError(f"{folder}: the model folder kept being replaced while it was read")
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    """(device, inode) of a folder, None when missing: changes when the folder is swapped."""
+    try:
+        stat = folder.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _load_once(folder: Path, runtime: str | None, n_threads: int | None) -> InspectionModel:
+    from defectmap.runtime import ExportedModel, choose_runtime, is_export_dir, read_manifest
+
     if not folder.is_dir():
         raise ModelFileError(f"{folder}: model directory not found")
+    runtime = choose_runtime(folder, runtime)
     model_hash = sha256_tree(folder)  # hash first: describes the bytes about to be read
-    detector = load_detector(folder)
+    detector: Scorer
+    if runtime == "torch":
+        from defectmap.detectors import load_detector
+
+        if is_export_dir(folder):
+            read_manifest(folder)  # the torch runtime checks an export's hashes too
+        detector = load_detector(folder)
+    else:
+        detector = ExportedModel(folder, runtime=runtime, n_threads=n_threads)
     calibration = Calibration.load(folder) if (folder / CALIBRATION_FILE).exists() else None
     info: dict[str, Any] = {}
     training = folder / TRAINING_FILE
@@ -241,7 +341,11 @@ def load_model(directory: str | os.PathLike[str]) -> InspectionModel:
             raise ModelFileError(f"{training}: cannot read training summary ({exc})") from None
         if not isinstance(info, dict):
             raise ModelFileError(f"{training}: not a JSON object")
-    return InspectionModel(detector, calibration, info, directory=folder, model_hash=model_hash)
+    try:
+        return InspectionModel(detector, calibration, info, directory=folder,
+                               model_hash=model_hash)
+    except ValueError as exc:
+        raise ModelFileError(f"{training}: field 'images' is invalid ({exc})") from None
 
 
 def _stems(items: Sequence[Sample | Path]) -> list[str]:
@@ -300,7 +404,8 @@ def train_model(
     ------
     DatasetError : no good training images.
     CalibrationError : too few images for the split, or invalid alpha / pixel_fpr.
-    DefectmapError : ``out_dir`` exists and is not a model directory.
+    ImageReadError : training or validation images that cannot be read (all listed).
+    DefectmapError : ``out_dir`` exists and is not a model directory, or holds other files.
     UnknownDetectorError, DefectmapError : unknown detector name or parameter (see
         :func:`~defectmap.detectors.build_detector`).
     """
@@ -308,7 +413,7 @@ def train_model(
 
     started_at, t0 = _now(), time.perf_counter()
     out_dir = Path(out_dir)
-    check_replaceable(out_dir, MODEL_FILE)  # fail before the (long) fit, not after
+    check_replaceable(out_dir, MODEL_FILE, MODEL_FILES)  # fail before the (long) fit
     good = [s for s in category_data.train if s.label == 0]
     if not good:
         raise DatasetError(f"{category_data.root}: no good training images to fit on")
@@ -325,13 +430,16 @@ def train_model(
         if not validation:
             raise DatasetError("validation_images is empty")
 
+    val_paths = [s.path if isinstance(s, Sample) else s for s in validation]
+    # Every image's header and integrity before the long extraction: one error lists them all.
+    infos = check_images([s.path for s in fit_samples] + val_paths, progress=progress,
+                         task="checking training images")
     params = dict(detector_params or {})
     model = build_detector(detector, params)  # __init__ only stores: cheap
     if "random_state" not in params and "random_state" in model.get_params():
         model = create_detector(detector, **params, random_state=random_state)
     model.fit([s.path for s in fit_samples], progress=progress)
     fit_seconds = time.perf_counter() - t0
-    val_paths = [s.path if isinstance(s, Sample) else s for s in validation]
     prediction = model.predict(val_paths, batch_size=batch_size, progress=progress)
     calibration = fit_calibration(prediction.scores, prediction.maps, alpha=alpha,
                                   pixel_fpr=pixel_fpr, min_region_area=min_region_area)
@@ -350,6 +458,7 @@ def train_model(
         "n_val": len(validation),
         "fit_stems": _stems(fit_samples),
         "val_stems": _stems(validation),
+        "images": ImageProfile.of(infos).to_dict(),
         "val_ratio": val_ratio,
         "min_val": min_val,
         "random_state": random_state,
@@ -363,7 +472,7 @@ def train_model(
     }
 
     # Incl. Ctrl-C: no half-written directory is left behind, an old model stays whole.
-    with atomic_output_dir(out_dir, marker=MODEL_FILE) as tmp_dir:
+    with atomic_output_dir(out_dir, marker=MODEL_FILE, owned=MODEL_FILES) as tmp_dir:
         model.save(tmp_dir)
         calibration.save(tmp_dir)
         write_json(tmp_dir / TRAINING_FILE, info)

@@ -6,11 +6,15 @@ calibration, the evaluation, the service, a runtime of exported models) needs no
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["Prediction"]
+from defectmap.progress import ProgressCallback
+
+__all__ = ["Prediction", "Scorer"]
 
 
 @dataclass(frozen=True)
@@ -25,3 +29,23 @@ class Prediction:
 
     scores: np.ndarray
     maps: list[np.ndarray]
+
+
+class Scorer(Protocol):
+    """What turns images into a :class:`Prediction`: a fitted detector (torch) or an exported
+    model on ONNX Runtime / OpenVINO (:class:`defectmap.runtime.ExportedModel`)."""
+
+    @property
+    def name(self) -> str:
+        """The detector's registered name."""
+        ...
+
+    def get_params(self) -> dict[str, Any]:
+        """The detector's constructor arguments."""
+        ...
+
+    def predict(
+        self, images: Sequence[Any], batch_size: int = 1, progress: ProgressCallback | None = None
+    ) -> Prediction:
+        """Scores (N,) and native-size maps of uint8 images or image paths."""
+        ...

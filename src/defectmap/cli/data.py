@@ -6,17 +6,25 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from defectmap.cli._common import console, data_app, err_console
+from defectmap.cli._common import CliUsageError, console, data_app, err_console
 from defectmap.cli.display import progress_display
+from defectmap.cli.options import count_option, seed_option
+from defectmap.constants import MIN_INPUT_SIZE
+
+#: Largest side of a synthetic image (a typo guard: 4096 px is already 48 MiB per image).
+_MAX_SYNTH_SIZE = 4096
 
 
 @data_app.command("check")
 def check(
-    root: Path = typer.Argument(..., help="Dataset root, or one category folder."),
+    root: Path = typer.Argument(..., metavar="ROOT",
+                                help="Dataset root, or one category folder."),
     category: list[str] = typer.Option(
-        None, "--category", "-c", help="Category to check (repeatable); default: all."
+        None, "--category", "-c", metavar="NAME",
+        help="Category to check (repeatable); default: all.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     full: bool = typer.Option(
@@ -36,7 +44,7 @@ def check(
             kind = cat.kind or ("official" if cat.official else "custom")
             title = f"{cat.name}  ({cat.dataset} layout, {kind}"
             title += ", masks)" if cat.has_masks else ", no masks)"
-            table = Table(title=title, title_justify="left")
+            table = Table(title=escape(title), title_justify="left")
             for column in ("split", "folder", "images", "official"):
                 table.add_column(column, justify="right" if column != "folder" else "left")
             official = cat.official_counts()
@@ -44,7 +52,7 @@ def check(
             for key in keys:
                 split, _, folder = key.partition("/")
                 ref = None if official is None else official.get(key)
-                table.add_row(split, folder or "-", str(cat.counts.get(key, 0)),
+                table.add_row(split, escape(folder) or "-", str(cat.counts.get(key, 0)),
                               "-" if ref is None else str(ref))
             console.print(table)
             sizes = ", ".join(f"{k} ({v})" for k, v in cat.image_sizes.items()) or "-"
@@ -54,8 +62,8 @@ def check(
             console.print(f"  image sizes: {sizes}; modes: {modes}", highlight=False)
             for problem in cat.problems:
                 # soft_wrap: never break a path across lines (users copy and grep them)
-                console.print(f"  [red]{problem.kind}[/red] {problem.path}: {problem.message}",
-                              highlight=False, soft_wrap=True, markup=True)
+                console.print(f"  [red]{problem.kind}[/red] {escape(str(problem.path))}: "
+                              f"{escape(problem.message)}", highlight=False, soft_wrap=True)
         n = len(report.problems)
         if n:
             err_console.print(f"[red]{n} problem(s) found[/red]")
@@ -67,17 +75,21 @@ def check(
 
 @data_app.command("synth")
 def synth(
-    out: Path = typer.Argument(..., help="Dataset root to write into (OUT/CATEGORY/...)."),
-    category: str = typer.Option(None, "--category",
+    out: Path = typer.Argument(..., metavar="OUT",
+                               help="Dataset root to write into (OUT/CATEGORY/...)."),
+    category: str = typer.Option(None, "--category", metavar="NAME",
                                  help="Category (product) name; default synth_<layout>."),
     layout: str = typer.Option(
-        "mvtec", "--layout", help="mvtec, loco, mvtec_ad2, visa or realiad."),
-    kind: str = typer.Option("object", "--kind", help="object or texture (mvtec layout)."),
-    n_train: int = typer.Option(60, "--n-train", help="Good training images."),
-    n_test: int = typer.Option(40, "--n-test", help="Test images (half of them defective)."),
-    size: int = typer.Option(256, "--size", help="Image side in pixels."),
+        "mvtec", "--layout", metavar="LAYOUT", help="mvtec, loco, mvtec_ad2, visa or realiad."),
+    kind: str = typer.Option("object", "--kind", metavar="KIND",
+                             help="object or texture (mvtec layout)."),
+    n_train: int = count_option(60, "--n-train", help="Good training images"),
+    n_test: int = count_option(40, "--n-test", minimum=0,
+                               help="Test images (half of them defective)"),
+    size: int = count_option(256, "--size", minimum=MIN_INPUT_SIZE, maximum=_MAX_SYNTH_SIZE,
+                             help="Image side in pixels"),
     grayscale: bool = typer.Option(False, "--grayscale", help="Write 8-bit gray images."),
-    seed: int = typer.Option(0, "--seed", help="Same seed, same bytes."),
+    seed: int = seed_option(help="Same seed, same bytes."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT/CATEGORY."),
 ) -> None:
     """Write a synthetic dataset in a published layout, with pixel-exact masks.
@@ -86,11 +98,10 @@ def synth(
     """
     from defectmap.data.synth import make_synthetic_dataset
     from defectmap.data.synth_layouts import LAYOUTS, make_layout_dataset
-    from defectmap.errors import DatasetError
 
     if layout == "mvtec":
         if kind not in ("object", "texture"):
-            raise DatasetError(f"--kind must be 'object' or 'texture', not {kind!r}")
+            raise CliUsageError(f"--kind must be 'object' or 'texture', not {kind!r}")
         with progress_display() as progress:
             folder = make_synthetic_dataset(
                 out, category=category or "synthetic", kind=kind,  # type: ignore[arg-type]
@@ -99,7 +110,7 @@ def synth(
             )
     elif layout in LAYOUTS:
         if grayscale or kind != "object":
-            raise DatasetError("--grayscale and --kind apply to the mvtec layout only")
+            raise CliUsageError("--grayscale and --kind apply to the mvtec layout only")
         n_bad = n_test // 2
         counts = {"loco": {"n_logical": (n_bad + 1) // 2, "n_structural": n_bad // 2,
                            "n_good": n_test - n_bad, "n_validation": max(1, n_train // 6)},
@@ -112,23 +123,27 @@ def synth(
                                      n_train=n_train, size=size, seed=seed,
                                      overwrite=overwrite, **counts)
     else:
-        raise DatasetError(f"--layout must be mvtec or one of {', '.join(LAYOUTS)}, "
-                           f"not {layout!r}")
-    console.print(f"wrote {folder}", highlight=False)
+        raise CliUsageError(f"--layout must be mvtec or one of {', '.join(LAYOUTS)}, "
+                            f"not {layout!r}")
+    console.print(f"wrote {folder}", markup=False, highlight=False, soft_wrap=True)
 
 
 @data_app.command("download")
 def download(
-    root: Path = typer.Argument(..., help="Dataset root to extract categories into."),
+    root: Path = typer.Argument(..., metavar="ROOT",
+                                help="Dataset root to extract categories into."),
     dataset: str = typer.Option(
-        "mvtec_ad", "--dataset", help="mvtec_ad, loco, mvtec_ad2 or visa."),
+        "mvtec_ad", "--dataset", metavar="NAME", help="mvtec_ad, loco, mvtec_ad2 or visa."),
     category: list[str] = typer.Option(
-        None, "--category", "-c", help="Category to download (repeatable); default: all."
+        None, "--category", "-c", metavar="NAME",
+        help="Category to download (repeatable); default: all.",
     ),
     manifest: Path = typer.Option(
-        None, "--manifest", help="JSON archive table {name: {url, sha256}} (default: official)."
+        None, "--manifest", metavar="FILE",
+        help="JSON archive table {name: {url, sha256}} (default: official).",
     ),
-    base_url: str = typer.Option(None, "--base-url", help="Mirror serving the same archives."),
+    base_url: str = typer.Option(None, "--base-url", metavar="URL",
+                                 help="Mirror serving the same archives."),
 ) -> None:
     """Download a dataset's categories (resumable, SHA-256 verified, extracted atomically).
 
@@ -141,4 +156,4 @@ def download(
                                    categories=list(category) if category else None,
                                    base_url=base_url, manifest=manifest, progress=progress)
     for folder in folders:
-        console.print(f"ready: {folder}", highlight=False)
+        console.print(f"ready: {folder}", markup=False, highlight=False, soft_wrap=True)

@@ -7,10 +7,12 @@ from typing import Any
 
 import typer
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from defectmap.cli._common import app, console, err_console
 from defectmap.cli.display import progress_display
+from defectmap.cli.options import ratio_option
 from defectmap.constants import DEFAULT_FPR_LIMIT, MVTEC_AD2_FPR_LIMIT
 from defectmap.files import write_json
 
@@ -33,14 +35,14 @@ def _table(title: str, first: str, rows: list[tuple[str, dict[str, Any]]],
            fpr_limit: float, mean: dict[str, Any] | None = None,
            seg: bool = False) -> Table:
     columns = _COLUMNS + ((("seg_f1", "SegF1"),) if seg else ())
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    table = Table(title=escape(title), title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column(first, no_wrap=True)
     table.add_column("Images\n(defective)", justify="right", no_wrap=True)
     for key, label in columns:
         header = f"{label}\n@{fpr_limit:g}" if key == "aupro" else label
         table.add_column(header, justify="right", no_wrap=True)
     for name, r in rows:
-        table.add_row(name, f"{r['n_images']} ({r['n_defective']})",
+        table.add_row(escape(name), f"{r['n_images']} ({r['n_defective']})",
                       *[_fmt(r.get(key)) for key, _ in columns])
     if mean:
         table.add_section()
@@ -50,7 +52,7 @@ def _table(title: str, first: str, rows: list[tuple[str, dict[str, Any]]],
 
 def _loco_table(name: str, r: dict[str, Any]) -> Table:
     limits = list(r["auc_spro"]["mean"])
-    table = Table(title=f"{name}: MVTec LOCO AD, {r['mode']} mode", title_justify="left",
+    table = Table(title=escape(f"{name}: MVTec LOCO AD, {r['mode']} mode"), title_justify="left",
                   caption=f"AU-sPRO: {r['method']['auc_spro']}\nAUROC: {r['method']['auc_roc']}",
                   caption_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("Type", no_wrap=True)
@@ -68,17 +70,19 @@ def _loco_table(name: str, r: dict[str, Any]) -> Table:
 @app.command("evaluate-maps")
 def evaluate_maps(
     maps_dir: Path = typer.Argument(
-        ..., help="Maps in MAPS_DIR/<category>/test/<defect>/<stem>.tiff (or .tif/.npy/.png)."
+        ..., metavar="MAPS_DIR",
+        help="Maps in MAPS_DIR/<category>/test/<defect>/<stem>.tiff (or .tif/.npy/.png).",
     ),
-    dataset_root: Path = typer.Argument(..., help="Dataset root holding the same categories."),
+    dataset_root: Path = typer.Argument(..., metavar="DATASET_ROOT",
+                                        help="Dataset root holding the same categories."),
     category: list[str] = typer.Option(
         None, "--category", "-c", metavar="NAME",
         help="Category (repeatable); default: all in MAPS_DIR.",
     ),
-    fpr_limit: float = typer.Option(
-        None, "--fpr-limit",
-        help=f"AU-PRO integration limit, in (0, 1]; default {DEFAULT_FPR_LIMIT:g} "
-             f"(MVTec AD 2: {MVTEC_AD2_FPR_LIMIT:g}).",
+    fpr_limit: float | None = ratio_option(
+        None, "--fpr-limit", high_open=False,
+        help=f"AU-PRO integration limit; default {DEFAULT_FPR_LIMIT:g} "
+             f"(MVTec AD 2: {MVTEC_AD2_FPR_LIMIT:g})",
     ),
     loco_official: bool = typer.Option(
         False, "--loco-official",
@@ -105,9 +109,10 @@ def evaluate_maps(
             loco_mode="official" if loco_official else "exact",
         )
     for warning in result["warnings"]:
-        err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False,
-                          soft_wrap=True, markup=True)
-    console.print(f"protocol: {result['protocol_note']}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False,
+                          soft_wrap=True)
+    console.print(f"protocol: {result['protocol_note']}", markup=False, highlight=False,
+                  soft_wrap=True)
     categories = result["categories"]
     family = {n: r for n, r in categories.items() if r["protocol"] != "mvtec_loco"}
     if family:
@@ -122,11 +127,13 @@ def evaluate_maps(
             if r.get("segmentation"):
                 t = r["segmentation"]
                 console.print(f"{name}: SegF1 threshold {t['threshold']:.6g} "
-                              f"({t['threshold_rule']})", highlight=False, soft_wrap=True)
+                              f"({t['threshold_rule']})", markup=False, highlight=False,
+                              soft_wrap=True)
     for name, r in categories.items():
         if r["protocol"] == "mvtec_loco":
             console.print(_loco_table(name, r))
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         write_json(json_out, result)
-        console.print(f"results written to {json_out}", highlight=False, soft_wrap=True)
+        console.print(f"results written to {json_out}", markup=False, highlight=False,
+                      soft_wrap=True)

@@ -15,9 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
-from defectmap.cli._common import app, console, err_console
+from defectmap.cli._common import CliUsageError, app, console, err_console
 from defectmap.cli.display import progress_display
+from defectmap.cli.export import Runtime
+from defectmap.cli.options import (
+    count_option,
+    image_size_option,
+    ratio_option,
+    seed_option,
+    seeds_option,
+)
 from defectmap.constants import DEFAULT_ALPHA, DEFAULT_DETECTOR, DEFAULT_FPR_LIMIT
 from defectmap.errors import DefectmapError
 
@@ -44,8 +53,8 @@ def _warnings_as_lines() -> Iterator[None]:
                 text = str(w.message)
                 if text not in seen:
                     seen.add(text)
-                    err_console.print(f"[yellow]warning:[/yellow] {text}", highlight=False,
-                                      soft_wrap=True)
+                    err_console.print(f"[yellow]warning:[/yellow] {escape(text)}",
+                                      highlight=False, soft_wrap=True)
 
 
 def _fmt(value: Any) -> str:
@@ -57,18 +66,22 @@ def _fmt(value: Any) -> str:
     epilog="Example: defectmap fit data/mvtec_ad --category bottle --out models/bottle",
 )
 def fit_command(
-    dataset_root: Path = typer.Argument(..., help="Dataset root (or a category folder)."),
-    category: str | None = typer.Option(None, "--category", "-c",
+    dataset_root: Path = typer.Argument(..., metavar="DATASET_ROOT",
+                                        help="Dataset root (or a category folder)."),
+    category: str | None = typer.Option(None, "--category", "-c", metavar="NAME",
                                         help="Category under DATASET_ROOT, e.g. bottle."),
-    detector: str = typer.Option(DEFAULT_DETECTOR, "--detector", "-d", help="Detector name."),
-    backbone: str | None = typer.Option(None, "--backbone", help="Feature backbone."),
-    image_size: int | None = typer.Option(None, "--image-size",
-                                          help="Side of the square network input, pixels."),
-    val_ratio: float = typer.Option(0.1, "--val-ratio",
-                                    help="Fraction of train/good held out to calibrate."),
-    alpha: float = typer.Option(DEFAULT_ALPHA, "--alpha", help="Target false-alarm rate."),
-    seed: int = typer.Option(0, "--seed", help="random_state of the split and detector."),
-    out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
+    detector: str = typer.Option(DEFAULT_DETECTOR, "--detector", "-d", metavar="NAME",
+                                 help="Detector name."),
+    backbone: str | None = typer.Option(None, "--backbone", metavar="NAME",
+                                        help="Feature backbone."),
+    image_size: int | None = image_size_option(),
+    val_ratio: float = ratio_option(0.1, "--val-ratio", low_open=False,
+                                    help="Fraction of train/good held out to calibrate"),
+    alpha: float = ratio_option(DEFAULT_ALPHA, "--alpha", help="Target false-alarm rate"),
+    seed: int = seed_option(),
+    out: Path = typer.Option(..., "--out", "-o", metavar="DIR",
+                             help="Model folder to write (a model folder is replaced whole; "
+                             "a folder holding other files is refused)."),
 ) -> None:
     """Train a detector on the good training images and calibrate its thresholds."""
     from defectmap.data.layouts import load_category
@@ -83,12 +96,12 @@ def fit_command(
                             progress=progress)
     seconds = time.perf_counter() - start
     cal = model.calibration
-    console.print(f"trained [bold]{detector}[/bold] on {data.name} "
-                  f"({len(data.train)} good images) in {seconds:.1f} s")
+    console.print(f"trained [bold]{escape(detector)}[/bold] on {escape(data.name)} "
+                  f"({len(data.train)} good images) in {seconds:.1f} s", highlight=False)
     if cal is not None:
         console.print(f"image threshold {cal.image_threshold:.4g} (alpha {cal.alpha:g}, "
-                      f"{cal.n_val} validation images)")
-    console.print(f"model written to {out}")
+                      f"{cal.n_val} validation images)", highlight=False)
+    console.print(f"model written to {out}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _check_address(value: str | None) -> str | None:
@@ -111,15 +124,15 @@ def _ray_option() -> Any:
 
 
 def _threads_option(what: str) -> Any:
-    return typer.Option(
-        None, "--threads", min=1,
-        help=f"Torch threads (and the CPUs {what} reserves); default: torch's default here. "
-        "Results are bit-identical for the same count, locally or on Ray.")
+    return count_option(
+        None, "--threads",
+        help=f"Torch threads (and the CPUs {what} reserves); default: torch's default here; "
+        "results are bit-identical for the same count, locally or on Ray")
 
 
 def _ray_memory_option(what: str) -> Any:
-    return typer.Option(2.0, "--ray-memory", min=0.0, metavar="GIB",
-                        help=f"Memory each {what} reserves on Ray, GiB.")
+    return ratio_option(2.0, "--ray-memory", high=None,
+                        help=f"Memory each {what} reserves on Ray, GiB")
 
 
 @app.command(
@@ -127,71 +140,111 @@ def _ray_memory_option(what: str) -> Any:
     epilog="Example: defectmap predict models/bottle photos/ part_17.png --out results/",
 )
 def predict_command(
-    model_dir: Path = typer.Argument(..., help="Model folder written by `defectmap fit`."),
-    images: list[Path] = typer.Argument(..., help="Image files and/or folders."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
-    batch_size: int = typer.Option(1, "--batch-size", help="Images per forward pass."),
+    model_dir: Path = typer.Argument(..., metavar="MODEL_DIR",
+                                     help="Model folder written by `defectmap fit`."),
+    images: list[Path] = typer.Argument(..., metavar="IMAGES",
+                                        help="Image files and/or folders."),
+    out: Path = typer.Option(..., "--out", "-o", metavar="DIR",
+                             help="Output folder (never read as input)."),
+    batch_size: int = count_option(1, "--batch-size", help="Images per forward pass"),
+    recursive: bool = typer.Option(False, "--recursive", "-r",
+                                   help="Also read the images in sub-folders of a folder."),
+    uncalibrated: bool = typer.Option(
+        False, "--uncalibrated",
+        help="Accept a model without calibration.json: raw scores only, no decision."),
+    allow_mismatch: bool = typer.Option(
+        False, "--allow-mismatch",
+        help="Score images whose colour or size differs from the training images."),
     no_maps: bool = typer.Option(False, "--no-maps", help="Do not write the TIFF maps."),
     no_overlays: bool = typer.Option(False, "--no-overlays", help="Do not write overlays."),
+    runtime: Runtime | None = typer.Option(
+        None, "--runtime", help="Inference runtime; default: the fastest installed one the "
+        "model folder was exported for (torch for a folder that was not exported)."),
     parquet: bool = typer.Option(False, "--parquet",
                                  help="Also write results.parquet (the CSV's columns)."),
     ray: str | None = _ray_option(),
     threads: int | None = _threads_option("each model actor on Ray"),
-    ray_actors: int | None = typer.Option(
-        None, "--ray-actors", min=1,
-        help="Model actors on Ray (default: the cluster's CPUs / --threads)."),
+    ray_actors: int | None = count_option(
+        None, "--ray-actors", help="Model actors on Ray (default: the cluster's CPUs / "
+        "--threads)"),
     ray_memory: float = _ray_memory_option("model actor"),
 ) -> None:
     """Score images: decision, score and p-value per image (CSV/JSON), maps and overlays.
 
-    With --ray, Ray Data reads the images and a pool of model actors scores them; the files
-    are the same as without it. Every worker must see the model and the images at the same
-    paths.
+    A folder gives the images directly in it (--recursive: and in its sub-folders). With
+    --ray, Ray Data feeds the batches to a pool of model actors; the files are the same as
+    without it. Every worker must see the model and the images at the same paths.
     """
     from rich.table import Table
 
-    if ray is not None:
-        from defectmap.distributed import predict_on_ray
+    from defectmap.data.profile import InputMismatchError
+    from defectmap.errors import UncalibratedModelError
 
-        with progress_display() as progress:
-            summary = predict_on_ray(ray, model_dir, images, out, batch_size=batch_size,
-                                     write_maps=not no_maps, write_overlays=not no_overlays,
-                                     parquet=parquet, n_actors=ray_actors, n_threads=threads,
-                                     memory_gib=ray_memory, progress=progress)
-        head, n_images, n_defect = summary.head, summary.n_images, summary.n_defect
-    else:
-        from defectmap.evaluate.predict import predict_to_dir
-        from defectmap.pipeline import load_model
+    options: dict[str, Any] = {
+        "batch_size": batch_size, "write_maps": not no_maps, "write_overlays": not no_overlays,
+        "recursive": recursive, "uncalibrated": uncalibrated, "allow_mismatch": allow_mismatch,
+        "parquet": parquet, "n_threads": threads}
+    try:
+        with _warnings_as_lines(), progress_display() as progress:
+            if ray is not None:
+                from defectmap.distributed import predict_on_ray
 
-        model = load_model(model_dir)
-        with progress_display() as progress:
-            rows = predict_to_dir(model, images, out, batch_size=batch_size,
-                                  write_maps=not no_maps, write_overlays=not no_overlays,
-                                  progress=progress, parquet=parquet, n_threads=threads)
-        head, n_images = rows[:20], len(rows)
-        n_defect = sum(r["decision"] == "defect" for r in rows)
+                summary = predict_on_ray(ray, model_dir, images, out, progress=progress,
+                                         runtime=None if runtime is None else runtime.value,
+                                         n_actors=ray_actors, memory_gib=ray_memory,
+                                         **options)
+            else:
+                from defectmap.evaluate.predict import PredictSummary, predict_to_dir
+                from defectmap.pipeline import load_model
+
+                model = load_model(model_dir,
+                                   runtime=None if runtime is None else runtime.value)
+                rows = predict_to_dir(model, images, out, progress=progress, **options)
+                summary = PredictSummary(len(rows),
+                                         sum(r["decision"] == "defect" for r in rows),
+                                         rows[:20], model.calibration is not None)
+    except UncalibratedModelError:
+        raise DefectmapError(
+            f"{model_dir}: no calibration.json, so no ok/defect decision can be made; refit "
+            "it with `defectmap fit`, or pass --uncalibrated for raw scores only") from None
+    except InputMismatchError as exc:
+        listed = "; ".join(f"{name}: {reason}" for name, reason in exc.mismatches)
+        raise DefectmapError(
+            f"{len(exc.mismatches)} image(s) differ from the training images: {listed}; "
+            "pass --allow-mismatch to score them anyway") from None
+    n_images, calibrated = summary.n_images, summary.calibrated
     table = Table(title=f"{n_images} images")
-    for col in ("image", "score", "normalised", "p-value", "decision"):
+    columns = ("image", "score", "normalised", "p-value", "decision") if calibrated \
+        else ("image", "score")
+    for col in columns:
         table.add_column(col, justify="left" if col == "image" else "right")
-    for row in head[:20]:
-        colour = "red" if row["decision"] == "defect" else "green"
-        table.add_row("/".join(Path(row["image"]).parts[-2:]), f"{row['score']:.4g}",
-                      _fmt(row["normalized_score"]), _fmt(row["p_value"]),
-                      f"[{colour}]{row['decision']}[/{colour}]")
+    for row in summary.head[:20]:
+        cells = [escape("/".join(Path(row["image"]).parts[-2:])), f"{row['score']:.4g}"]
+        if calibrated:
+            colour = "red" if row["decision"] == "defect" else "green"
+            cells += [_fmt(row["normalized_score"]), _fmt(row["p_value"]),
+                      f"[{colour}]{row['decision']}[/{colour}]"]
+        table.add_row(*cells)
     console.print(table)
     if n_images > 20:
-        console.print(f"... {n_images - 20} more in {Path(out) / 'results.csv'}")
-    console.print(f"{n_defect} of {n_images} flagged as defect; results in {out}")
+        console.print(f"... {n_images - 20} more in {Path(out) / 'results.csv'}",
+                      markup=False, highlight=False, soft_wrap=True)
+    if calibrated:
+        text = f"{summary.n_defect} of {n_images} flagged as defect; results in {out}"
+    else:
+        text = (f"uncalibrated model: {n_images} raw scores, no ok/defect decision; "
+                f"results in {out}")
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{metrics['detector']} on {metrics['category']}")
+    table = Table(title=escape(f"{metrics['detector']} on {metrics['category']}"))
     for col in ("", "image AUROC", "pixel AUROC", "AU-PRO", "F1-max", "images"):
         table.add_column(col, justify="left" if not col else "right")
     for name, m in sorted((metrics.get("per_defect") or {}).items()):
-        table.add_row(name, _fmt(m.get("image_auroc")), _fmt(m.get("pixel_auroc")),
+        table.add_row(escape(name), _fmt(m.get("image_auroc")), _fmt(m.get("pixel_auroc")),
                       _fmt(m.get("aupro")), _fmt(m.get("f1_max")), str(m.get("n_images")))
     table.add_row("[bold]all[/bold]", _fmt(metrics.get("image_auroc")),
                   _fmt(metrics.get("pixel_auroc")), _fmt(metrics.get("aupro")),
@@ -210,10 +263,11 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
     seg = metrics.get("segmentation")
     if seg:
         console.print(f"SegF1 {_fmt(seg['seg_f1'])} at threshold {seg['threshold']:.6g} "
-                      f"({seg['threshold_rule']})", highlight=False, soft_wrap=True)
+                      f"({seg['threshold_rule']})", markup=False, highlight=False,
+                      soft_wrap=True)
     if metrics.get("submission"):
         console.print(f"private test sets written for upload: {metrics['submission']}",
-                      highlight=False)
+                      markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command(
@@ -222,14 +276,18 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
     "--out eval/bottle",
 )
 def evaluate_command(
-    model_dir: Path = typer.Argument(..., help="Model folder written by `defectmap fit`."),
-    dataset_root: Path = typer.Argument(..., help="Dataset root (or a category folder)."),
-    category: str | None = typer.Option(None, "--category", "-c", help="Category to test."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (replaced atomically)."),
-    fpr_limit: float = typer.Option(
-        None, "--fpr-limit",
-        help=f"Integration limit of AU-PRO (default {DEFAULT_FPR_LIMIT:g}; MVTec AD 2: 0.05)."),
-    batch_size: int = typer.Option(1, "--batch-size", help="Images per forward pass."),
+    model_dir: Path = typer.Argument(..., metavar="MODEL_DIR",
+                                     help="Model folder written by `defectmap fit`."),
+    dataset_root: Path = typer.Argument(..., metavar="DATASET_ROOT",
+                                        help="Dataset root (or a category folder)."),
+    category: str | None = typer.Option(None, "--category", "-c", metavar="NAME",
+                                        help="Category to test."),
+    out: Path = typer.Option(..., "--out", "-o", metavar="DIR",
+                             help="Output folder (replaced atomically)."),
+    fpr_limit: float | None = ratio_option(
+        None, "--fpr-limit", high_open=False,
+        help=f"Integration limit of AU-PRO; default {DEFAULT_FPR_LIMIT:g} (MVTec AD 2: 0.05)"),
+    batch_size: int = count_option(1, "--batch-size", help="Images per forward pass"),
     no_maps: bool = typer.Option(False, "--no-maps", help="Do not write the TIFF maps."),
     loco_official: bool = typer.Option(
         False, "--loco-official",
@@ -253,17 +311,19 @@ def evaluate_command(
                                  progress=progress,
                                  loco_mode="official" if loco_official else "exact")
     _print_metrics(metrics)
-    console.print(f"report: {Path(out) / 'report.html'}")
+    console.print(f"report: {Path(out) / 'report.html'}", markup=False, highlight=False,
+                  soft_wrap=True)
 
 
 def _on_result(m: dict[str, Any]) -> None:
     err_console.print(f"{m['category']} / {m['detector']}: image AUROC "
                       f"{_fmt(m['image_auroc'])}, pixel AUROC {_fmt(m['pixel_auroc'])}, "
-                      f"AU-PRO {_fmt(m['aupro'])}")
+                      f"AU-PRO {_fmt(m['aupro'])}", markup=False, highlight=False)
 
 
 def _on_missing(category: str, reason: str) -> None:
-    err_console.print(f"[yellow]skipped[/yellow] {category}: {reason}", highlight=False)
+    err_console.print(f"[yellow]skipped[/yellow] {escape(category)}: {escape(reason)}",
+                      highlight=False, soft_wrap=True)
 
 
 def _on_failed(f: dict[str, Any]) -> None:
@@ -283,7 +343,8 @@ def _print_benchmark(result: dict[str, Any], out: Path) -> None:
     console.print(to_rich(build_table(result["rows"], result["detectors"], failed),
                           title=title))
     if result["missing"]:
-        console.print("missing: " + ", ".join(m["category"] for m in result["missing"]))
+        console.print("missing: " + ", ".join(m["category"] for m in result["missing"]),
+                      markup=False, highlight=False)
     for f in failed:
         console.print(f"failed {f['category']}/{f['column']}: {f['error']}", markup=False,
                       highlight=False, soft_wrap=True)
@@ -291,8 +352,10 @@ def _print_benchmark(result: dict[str, Any], out: Path) -> None:
         console.print(f"{result['resumed']} cells reused from earlier runs (--resume)")
     for row in result["rows"]:
         column = row.get("column", row["detector"])
-        console.print(f"report {row['category']}/{column}: {row['report']}")
-    console.print(f"table: {out / 'table.md'} (also table.csv, table.json)")
+        console.print(f"report {row['category']}/{column}: {row['report']}",
+                      markup=False, highlight=False, soft_wrap=True)
+    console.print(f"table: {out / 'table.md'} (also table.csv, table.json)", markup=False,
+                  highlight=False, soft_wrap=True)
 
 
 @app.command(
@@ -301,25 +364,25 @@ def _print_benchmark(result: dict[str, Any], out: Path) -> None:
     "--detector padim --out bench/",
 )
 def benchmark_command(
-    dataset_root: Path = typer.Argument(..., help="Dataset root with one folder per category."),
-    category: list[str] | None = typer.Option(None, "--category", "-c",
+    dataset_root: Path = typer.Argument(..., metavar="DATASET_ROOT",
+                                        help="Dataset root with one folder per category."),
+    category: list[str] | None = typer.Option(None, "--category", "-c", metavar="NAME",
                                               help="Category to run (repeatable)."),
     all_categories: bool = typer.Option(False, "--all",
                                         help="All 15 MVTec AD categories (missing skipped)."),
-    detector: list[str] | None = typer.Option(None, "--detector", "-d",
+    detector: list[str] | None = typer.Option(None, "--detector", "-d", metavar="NAME",
                                               help="Detector (repeatable; default patchcore)."),
-    backbone: str | None = typer.Option(None, "--backbone", help="Feature backbone."),
-    image_size: int | None = typer.Option(None, "--image-size",
-                                          help="Side of the square network input, pixels."),
-    seed: list[int] | None = typer.Option(
-        None, "--seed", help="random_state of the fits (repeatable: a cell per seed; "
-        "default 0)."),
+    backbone: str | None = typer.Option(None, "--backbone", metavar="NAME",
+                                        help="Feature backbone."),
+    image_size: int | None = image_size_option(),
+    seed: list[int] | None = seeds_option(
+        help="random_state of the fits (repeatable: a cell per seed; default 0)."),
     param: list[str] | None = typer.Option(
         None, "--param", metavar="KEY=VALUE",
         help="Detector parameter of every cell (repeatable); a KEY given several times is a "
         "grid axis, e.g. --param coreset_ratio=0.01 --param coreset_ratio=0.1."),
-    alpha: float = typer.Option(DEFAULT_ALPHA, "--alpha", help="Target false-alarm rate."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    alpha: float = ratio_option(DEFAULT_ALPHA, "--alpha", help="Target false-alarm rate"),
+    out: Path = typer.Option(..., "--out", "-o", metavar="DIR", help="Output folder."),
     resume: bool = typer.Option(False, "--resume",
                                 help="Skip the cells whose results are already in --out."),
     ray: str | None = _ray_option(),
@@ -336,6 +399,8 @@ def benchmark_command(
     from defectmap.data.mvtec import select_categories
     from defectmap.evaluate.benchmark import grid_from_items, run_benchmark
 
+    if category and all_categories:
+        raise CliUsageError("give either --category or --all, not both")
     categories = select_categories(dataset_root, category, all_categories)
     detectors = list(detector) if detector else [DEFAULT_DETECTOR]
     options: dict[str, Any] = {
@@ -366,10 +431,12 @@ def benchmark_command(
     epilog="Example: defectmap demo --out runs/demo",
 )
 def demo_command(
-    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Output folder."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic data and the fit."),
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", metavar="DIR",
+                             help="Output folder."),
+    seed: int = seed_option(help="Seed of the synthetic data and the fit."),
     layout: str = typer.Option(
-        "mvtec", "--layout", help="Dataset layout: mvtec, loco, mvtec_ad2, visa or realiad."),
+        "mvtec", "--layout", metavar="LAYOUT",
+        help="Dataset layout: mvtec, loco, mvtec_ad2, visa or realiad."),
 ) -> None:
     """Synthesise a small dataset, fit the default detector, evaluate it, print the table.
 
@@ -383,9 +450,10 @@ def demo_command(
         result = run_demo(out, seed, layout=layout, on_result=_on_result, progress=progress)
     console.print(f"synthetic dataset ({result['layout']} layout): {result['dataset']} "
                   f"({result['n_train']} train, {result['n_test']} test images, "
-                  f"{result['size']} px)")
+                  f"{result['size']} px)", markup=False, highlight=False, soft_wrap=True)
     _print_benchmark(result, Path(out))
     if result["layout"] != "mvtec":
         _print_metrics(result["rows"][0])
     console.print(f"demo finished in {time.perf_counter() - start:.0f} s; open "
-                  f"{result['rows'][0]['report']}")
+                  f"{result['rows'][0]['report']}", markup=False, highlight=False,
+                  soft_wrap=True)

@@ -25,6 +25,9 @@ reports, with paths, each of these problem kinds:
 ``missing_file``         a split file entry points to a missing image
 ``label_mismatch``       VisA's split CSV and ``image_anno.csv`` disagree
 ``unlisted_file``        a VisA image that no split row lists
+``mixed_modes``          a grayscale image among colour images of a category, or the
+                         reverse (a model trained on one flags the other); the images of
+                         the smaller group are listed
 ``unexpected_file``      a file or folder that does not belong to the layout
 ``count_mismatch``       an official category has other counts than published
 =======================  ==================================================================
@@ -45,7 +48,7 @@ import numpy as np
 
 from defectmap.constants import MVTEC_AD2_CATEGORIES, MVTEC_AD2_TOTALS
 from defectmap.data import layouts
-from defectmap.data.io import read_mask_values, verify_image
+from defectmap.data.io import check_image, read_mask_values
 from defectmap.data.loco import check_loco_masks
 from defectmap.data.mvtec import category_kind, is_category_dir, is_grayscale_category
 from defectmap.data.official import DATASET_NAMES, found_counts, official_counts
@@ -172,9 +175,23 @@ class CheckReport:
 class _SampleResult:
     size: tuple[int, int] | None = None
     mode: str | None = None
+    grayscale: bool | None = None
     n_masks: int = 0
     n_regions: int = 0
     problems: list[Problem] = field(default_factory=list)
+
+
+def _mixed_modes(samples: list[Sample], grayscale: list[bool | None]) -> list[Problem]:
+    """One ``mixed_modes`` problem per image of the smaller colour group, if there are two."""
+    n_gray = sum(g is True for g in grayscale)
+    n_colour = sum(g is False for g in grayscale)
+    if not n_gray or not n_colour:
+        return []
+    odd = n_gray <= n_colour  # the grayscale images are the odd ones out (on a tie too)
+    counts = f"{n_colour} colour, {n_gray} grayscale"
+    what = "grayscale image among colour images" if odd else "colour image among grayscale images"
+    return [Problem("mixed_modes", sample.path, f"{what} of this category ({counts})")
+            for sample, g in zip(samples, grayscale, strict=True) if g is odd]
 
 
 def _check_mask(path: Path, sample: Sample, size: tuple[int, int] | None,
@@ -183,7 +200,7 @@ def _check_mask(path: Path, sample: Sample, size: tuple[int, int] | None,
     try:
         values = read_mask_values(path)
     except ImageReadError as exc:
-        result.problems.append(Problem("unreadable_mask", path, str(exc)))
+        result.problems.append(Problem.from_error("unreadable_mask", path, exc))
         return
     mask_size = (values.shape[1], values.shape[0])
     if size is not None and mask_size != size:
@@ -210,10 +227,11 @@ def _check_sample(sample: Sample, full: bool, layout: str,
     """Verify one image (and decode its masks) and report what is wrong with them."""
     result = _SampleResult()
     try:
-        width, height, mode = verify_image(sample.path, full=full)
-        result.size, result.mode = (width, height), mode
+        info = check_image(sample.path, full=full)
+        result.size, result.mode = (info.width, info.height), info.mode
+        result.grayscale = info.grayscale
     except ImageReadError as exc:
-        result.problems.append(Problem("unreadable_image", sample.path, str(exc)))
+        result.problems.append(Problem.from_error("unreadable_image", sample.path, exc))
     if not sample.masks:
         return result
     result.n_masks = len(sample.masks)
@@ -283,10 +301,12 @@ def _check_category(
         s for split in data.unlabeled.values() for s in split]
     sizes: Counter[str] = Counter()
     modes: Counter[str] = Counter()
+    grayscale: list[bool | None] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(lambda s: _check_sample(s, full, data.layout, data.defects), samples)
         for result in track(results, f"checking {data.name}", progress, len(samples)):
             report.problems += result.problems
+            grayscale.append(result.grayscale)
             report.n_masks += result.n_masks
             report.n_regions += result.n_regions
             if result.size is not None:
@@ -295,6 +315,7 @@ def _check_category(
                 modes[result.mode] += 1
     report.image_sizes = dict(sizes.most_common())
     report.image_modes = dict(modes.most_common())
+    report.problems += _mixed_modes(samples, grayscale)
     if official:
         _compare_official(report, data)
     return report

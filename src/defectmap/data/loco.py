@@ -247,7 +247,7 @@ def check_loco_masks(
         try:
             values = read_mask_values(path)
         except ImageReadError as exc:
-            problems.append(Problem("unreadable_mask", path, str(exc)))
+            problems.append(Problem.from_error("unreadable_mask", path, exc))
             continue
         mask_size = (values.shape[1], values.shape[0])
         if size is not None and mask_size != size:

@@ -136,7 +136,7 @@ def select_categories(
     """
     root = Path(root)
     if categories and all_categories:
-        raise DatasetError("give either --category or --all, not both")
+        raise DatasetError("give either categories or all_categories, not both")
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset root does not exist or is not a folder")
     if all_categories:

@@ -29,6 +29,13 @@ class Problem:
         """JSON-ready form."""
         return {"kind": self.kind, "path": str(self.path), "message": self.message}
 
+    @classmethod
+    def from_error(cls, kind: str, path: Path, error: Exception) -> Problem:
+        """A problem from a read error whose message starts with the path: the path is named
+        once, by the problem, not again in its message."""
+        message = str(error).removeprefix(f"{path}: ").replace(str(path), path.name)
+        return cls(kind, path, message)
+
 
 @dataclass(frozen=True)
 class DefectConfig:

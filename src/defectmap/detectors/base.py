@@ -27,9 +27,10 @@ import torch
 import torch.nn.functional as F
 
 from defectmap import __version__
+from defectmap.data.io import iter_batches
 from defectmap.errors import DefectmapError, ModelFileError, NotFittedError
 from defectmap.features.backbones import Backbone, load_backbone
-from defectmap.features.preprocess import ImageInput, as_image_array, preprocess
+from defectmap.features.preprocess import ImageInput, preprocess
 from defectmap.files import to_jsonable, write_bytes, write_text
 from defectmap.prediction import Prediction
 from defectmap.progress import ProgressCallback
@@ -103,30 +104,6 @@ def load_detector(directory: str | os.PathLike) -> Detector:
     except UnknownDetectorError as exc:
         raise ModelFileError(f"{Path(directory) / MODEL_JSON}: {exc}") from exc
     return cls.load(directory)
-
-
-def iter_batches(
-    images: Sequence[ImageInput],
-    batch_size: int,
-    description: str,
-    progress: ProgressCallback | None = None,
-) -> Iterator[list[np.ndarray]]:
-    """Yield lists of at most ``batch_size`` uint8 arrays; files are read lazily.
-
-    The one batching helper of every detector. ``progress`` gets
-    ``(description, images done, len(images))`` after each batch (see
-    :mod:`defectmap.progress`).
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    n = len(images)
-    if progress is not None:
-        progress(description, 0, n)
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        yield [as_image_array(images[i], i) for i in range(start, stop)]
-        if progress is not None:
-            progress(description, stop, n)
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:

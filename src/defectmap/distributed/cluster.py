@@ -20,6 +20,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from defectmap.constants import EXTRA_OF_MODULE
 from defectmap.errors import DefectmapError
 
 __all__ = ["RayUnavailableError", "check_fits_a_node", "check_shared_path", "cluster_cpus",
@@ -40,7 +41,9 @@ def require_ray() -> ModuleType:
         import ray
         import ray.data  # noqa: F401
     except ImportError:
-        raise RayUnavailableError("--ray needs Ray: pip install 'defectmap[ray]'") from None
+        raise RayUnavailableError(
+            f"--ray needs Ray, which is not installed: pip install "
+            f"'defectmap[{EXTRA_OF_MODULE['ray']}]'") from None
     return ray
 
 

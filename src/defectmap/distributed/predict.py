@@ -41,9 +41,8 @@ from defectmap.errors import DefectmapError, innermost, one_line
 from defectmap.evaluate.predict import (
     PredictSummary,
     ResultRecord,
-    collect_images,
     inspect_chunk,
-    plan_chunks,
+    plan_prediction,
     result_header,
     write_results,
 )
@@ -67,14 +66,15 @@ def _objects(values: Sequence[Any]) -> np.ndarray:
 class _ChunkScorer:
     """Ray Data actor: loads the model once, then reads and scores batch after batch."""
 
-    def __init__(self, model_dir: str, model_hash: str | None, version: str, n_threads: int,
-                 batch_size: int, write_maps: bool, write_overlays: bool) -> None:
+    def __init__(self, model_dir: str, runtime: str | None, model_hash: str | None,
+                 version: str, n_threads: int, batch_size: int, write_maps: bool,
+                 write_overlays: bool) -> None:
         from defectmap.pipeline import load_model
 
         if version != __version__:
             raise DefectmapError(f"this worker has defectmap {__version__}, the driver "
                                  f"{version}: install the same version on every node")
-        self.model = load_model(model_dir)
+        self.model = load_model(model_dir, runtime=runtime)
         if self.model.model_hash != model_hash:
             raise DefectmapError(f"{model_dir}: the model folder changed while predicting "
                                  "(its hash differs from the driver's)")
@@ -85,7 +85,7 @@ class _ChunkScorer:
         records: list[list[ResultRecord]] = []
         with compute_threads(self.n_threads):
             for text in batch["chunk"]:
-                chunk = [(path, name) for path, name in json.loads(text)]
+                chunk = [(path, name, mismatch) for path, name, mismatch in json.loads(text)]
                 records.append(inspect_chunk(self.model, chunk, *self.options))
         return {"records": _objects(records)}
 
@@ -99,6 +99,10 @@ def predict_on_ray(
     write_maps: bool = True,
     write_overlays: bool = True,
     *,
+    recursive: bool = False,
+    uncalibrated: bool = False,
+    allow_mismatch: bool = False,
+    runtime: str | None = None,
     parquet: bool = False,
     n_actors: int | None = None,
     n_threads: int | None = None,
@@ -113,7 +117,10 @@ def predict_on_ray(
     model_dir : the model folder (every worker reads it at this path).
     inputs : image files and/or folders (every worker reads them at these paths).
     out_dir : output folder, written by this process (replaced atomically when complete).
-    batch_size, write_maps, write_overlays, parquet : as for a local ``predict``.
+    batch_size, write_maps, write_overlays, recursive, uncalibrated, allow_mismatch, parquet :
+        as for :func:`~defectmap.evaluate.predict_to_dir` (the same checks run here, on the
+        driver, before any actor starts).
+    runtime : inference runtime of every actor (see :func:`~defectmap.pipeline.load_model`).
     n_actors : model actors (default: the cluster's CPUs // ``n_threads``, at least 1).
     n_threads : CPUs each actor reserves and its torch threads (default: a local run's
         thread count here, so the scores equal a local run's to the last digit).
@@ -136,9 +143,12 @@ def predict_on_ray(
     for path, what in [(model_dir, "the model folder"), (out_dir, "the output folder"),
                        *((item, "an image path") for item in inputs)]:
         check_shared_path(path, what)
-    model = load_model(model_dir)  # the driver checks the folder and records its hash
+    # The driver checks the folder, records its hash and checks every input like a local run.
+    model = load_model(model_dir, runtime=runtime)
     header = result_header(model)
-    chunks = plan_chunks(collect_images(inputs), batch_size)
+    chunks = plan_prediction(model, inputs, out_dir, batch_size, progress,
+                             recursive=recursive, uncalibrated=uncalibrated,
+                             allow_mismatch=allow_mismatch)
     n_images = sum(map(len, chunks))
     threads = default_threads() if n_threads is None else n_threads
     with ray_session(address) as ray:
@@ -155,7 +165,7 @@ def predict_on_ray(
                 _ChunkScorer, batch_size=1,
                 compute=ray.data.ActorPoolStrategy(size=min(actors, len(chunks))),
                 fn_constructor_kwargs={
-                    "model_dir": str(Path(model_dir).absolute()),
+                    "model_dir": str(Path(model_dir).absolute()), "runtime": runtime,
                     "model_hash": model.model_hash, "version": __version__,
                     "n_threads": threads, "batch_size": batch_size,
                     "write_maps": write_maps, "write_overlays": write_overlays},

@@ -1,14 +1,15 @@
 """Inspect image files into a results folder: ``results.csv``, ``results.json``, maps, overlays.
 
-:func:`collect_images` turns the files and folders a user names into the list of images;
-:func:`plan_chunks` cuts them into forward-pass batches with their output names;
-:func:`inspect_chunk` scores one batch into :class:`ResultRecord` s; :func:`write_results`
-streams records into one output folder (replaced atomically) through a
-:class:`ResultWriter`. :func:`predict_to_dir` is the three in one process;
-:mod:`defectmap.distributed` runs :func:`inspect_chunk` in a pool of Ray actors and feeds the
-same writer, so both write the same bytes. Memory stays bounded by one batch: rows go to
-disk as they come (``results.json`` is assembled from a spool file at the end). Imports no
-torch (the model brings its detector).
+:func:`collect_images` turns the files and folders a user names into the list of images
+(only the files directly in a folder unless asked to recurse, never the output folder);
+:func:`plan_prediction` checks them all against the model and cuts them into forward-pass
+batches with their output names; :func:`inspect_chunk` scores one batch into
+:class:`ResultRecord` s; :func:`write_results` streams records into one output folder
+(replaced atomically) through a :class:`ResultWriter`. :func:`predict_to_dir` is the three in
+one process; :mod:`defectmap.distributed` runs :func:`inspect_chunk` in a pool of Ray actors
+and feeds the same writer, so both write the same bytes. Memory stays bounded by one batch:
+rows go to disk as they come (``results.json`` is assembled from a spool file at the end).
+Imports no torch (the model brings its detector).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,18 +25,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from defectmap.calibrate import CALIBRATION_FILE
 from defectmap.data.io import IMAGE_EXTENSIONS
-from defectmap.errors import DefectmapError
+from defectmap.data.profile import InputMismatchError
+from defectmap.errors import DefectmapError, DefectmapWarning, UncalibratedModelError
 from defectmap.evaluate.maps import write_map
-from defectmap.files import atomic_output_dir, to_jsonable, write_bytes
+from defectmap.files import atomic_output_dir, check_replaceable, to_jsonable, write_bytes
 from defectmap.progress import ProgressCallback
 
 if TYPE_CHECKING:
     from defectmap.pipeline import InspectionModel
 
-__all__ = ["IMAGE_SUFFIXES", "RESULT_COLUMNS", "PredictSummary", "ResultRecord",
-           "ResultWriter", "collect_images", "inspect_chunk", "plan_chunks", "predict_to_dir",
-           "write_results"]
+__all__ = ["IMAGE_SUFFIXES", "OUTPUT_ENTRIES", "RESULT_COLUMNS", "PredictSummary",
+           "ResultRecord", "ResultWriter", "collect_images", "inspect_chunk", "plan_prediction",
+           "predict_to_dir", "result_header", "write_results"]
 
 #: File name endings taken from folders given to :func:`predict_to_dir`.
 IMAGE_SUFFIXES = tuple(sorted(IMAGE_EXTENSIONS))
@@ -45,31 +49,53 @@ _SPOOL = ".results.rows"
 #: Rows per Parquet row group: bounds the rows held before they are written.
 PARQUET_ROW_GROUP = 4096
 
+#: Everything :func:`predict_to_dir` writes into its output folder.
+OUTPUT_ENTRIES = (_MARKER, "results.csv", "results.parquet", "maps", "overlays")
+
 #: Columns of ``results.csv`` (and ``results.parquet``).
 RESULT_COLUMNS = ("image", "score", "normalized_score", "decision", "p_value", "n_regions",
                   "map", "overlay")
 
-#: A forward-pass batch: (image path, output name) pairs.
-Chunk = Sequence[tuple[str, str]]
+#: A forward-pass batch: (image path, output name, mismatch or None) triples.
+Chunk = Sequence[tuple[str, str, str | None]]
 
 
-def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Image files named directly, plus those found (recursively, sorted) in folders.
+def collect_images(
+    inputs: Sequence[str | Path], recursive: bool = False, exclude: str | Path | None = None
+) -> list[Path]:
+    """Image files named directly, plus the image files of the folders named (sorted).
 
-    Hidden files and folders are skipped. Raises :class:`DefectmapError` for a path that does
-    not exist or a folder without images.
+    Parameters
+    ----------
+    inputs : image files and/or folders.
+    recursive : also take the images of sub-folders (sorted by path); by default only the
+        files directly in each folder given.
+    exclude : a folder whose contents are never taken (the output folder, so that a second
+        run does not score its own overlays), nor the hidden temporary folders built beside
+        it.
+
+    Hidden files and folders are skipped; a file named directly is always taken.
+
+    Raises
+    ------
+    DefectmapError
+        A path that does not exist, or a folder without images.
     """
+    skip = None if exclude is None else Path(exclude).absolute()
     found: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
+            candidates = path.rglob("*") if recursive else path.iterdir()
             images = sorted(
-                p for p in path.rglob("*")
+                p for p in candidates
                 if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
                 and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                and not (skip is not None and p.absolute().is_relative_to(skip))
             )
             if not images:
-                raise DefectmapError(f"{path}: folder holds no images "
+                where = "or its sub-folders " if recursive else ""
+                raise DefectmapError(f"{path}: folder {where}holds no images "
                                      f"({', '.join(IMAGE_SUFFIXES)})")
             found.extend(images)
         elif path.is_file():
@@ -95,21 +121,74 @@ def _unique_names(paths: Sequence[Path]) -> list[str]:
     return names
 
 
-def plan_chunks(paths: Sequence[Path], batch_size: int) -> list[list[tuple[str, str]]]:
-    """Consecutive batches of ``batch_size`` (path, output name) pairs, in input order.
+def plan_chunks(
+    paths: Sequence[Path], batch_size: int, mismatches: dict[str, str] | None = None
+) -> list[list[tuple[str, str, str | None]]]:
+    """Consecutive batches of ``batch_size`` (path, output name, mismatch) triples, in order.
 
     The batches are the same wherever they are scored, so the forward passes (and their
-    rounding) are too.
+    rounding) are too. ``mismatches`` maps a path to how it differs from the training
+    images (see :func:`plan_prediction`); the others get None.
 
     Examples
     --------
     >>> plan_chunks([Path("a/x.png"), Path("b/x.png"), Path("y.png")], 2)
-    [[('a/x.png', 'x'), ('b/x.png', 'x_2')], [('y.png', 'y')]]
+    [[('a/x.png', 'x', None), ('b/x.png', 'x_2', None)], [('y.png', 'y', None)]]
     """
-    if batch_size < 1:
-        raise DefectmapError(f"batch_size must be at least 1, got {batch_size}")
-    pairs = list(zip(map(str, paths), _unique_names(paths), strict=True))
-    return [pairs[i:i + batch_size] for i in range(0, len(pairs), batch_size)]
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DefectmapError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    found = mismatches or {}
+    triples = [(str(path), name, found.get(str(path)))
+               for path, name in zip(paths, _unique_names(paths), strict=True)]
+    return [triples[i:i + batch_size] for i in range(0, len(triples), batch_size)]
+
+
+def plan_prediction(
+    model: InspectionModel,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    batch_size: int = 1,
+    progress: ProgressCallback | None = None,
+    *,
+    recursive: bool = False,
+    uncalibrated: bool = False,
+    allow_mismatch: bool = False,
+) -> list[list[tuple[str, str, str | None]]]:
+    """Check a prediction before anything is written; return its batches (:func:`plan_chunks`).
+
+    The model must be calibrated (unless ``uncalibrated``), ``out_dir`` replaceable, every
+    input readable (one error lists every bad file) and like the training images (see
+    :mod:`defectmap.data.profile`; ``allow_mismatch`` turns the refusal into a
+    :class:`~defectmap.errors.DefectmapWarning`). Parameters as :func:`predict_to_dir`.
+
+    Raises
+    ------
+    UncalibratedModelError, ImageReadError, InputMismatchError, DefectmapError
+    """
+    from defectmap.data.io import check_images
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DefectmapError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if model.calibration is None and not uncalibrated:
+        raise UncalibratedModelError(
+            f"{model.directory or 'the model'}: no {CALIBRATION_FILE}, so no ok/defect "
+            "decision can be made; train it with calibration, or accept raw scores only "
+            "(uncalibrated=True)"
+        )
+    check_replaceable(out_dir, _MARKER, OUTPUT_ENTRIES)
+    paths = collect_images(inputs, recursive=recursive, exclude=out_dir)
+    infos = check_images(paths, progress=progress)
+    mismatched = dict(model.input_mismatches(infos, [str(p) for p in paths]))
+    if mismatched:
+        listed = "; ".join(f"{name}: {reason}" for name, reason in mismatched.items())
+        text = (f"{len(mismatched)} of {len(paths)} image(s) differ from the training "
+                f"images: {listed}")
+        if not allow_mismatch:
+            raise InputMismatchError(f"{text}; refusing to score them (allow_mismatch=True "
+                                     "scores them anyway)", list(mismatched.items()))
+        warnings.warn(f"{text}; their scores may flag good parts", DefectmapWarning,
+                      stacklevel=3)
+    return plan_chunks(paths, batch_size, mismatched)
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: arrays have no single truth value
@@ -140,7 +219,7 @@ def inspect_chunk(
     Parameters
     ----------
     model : InspectionModel
-    chunk : (path, output name) pairs (see :func:`plan_chunks`).
+    chunk : (path, output name, mismatch) triples (see :func:`plan_chunks`).
     batch_size : images per forward pass.
     write_maps, write_overlays : whether the records carry the map and the overlay.
 
@@ -156,9 +235,9 @@ def inspect_chunk(
     normalize_map = None  # per-image colour scale without a pixel calibration
     if calibration is not None and calibration.pixel_threshold is not None:
         normalize_map = calibration.normalize_map
-    inspections = model.inspect([path for path, _ in chunk], batch_size=batch_size)
+    inspections = model.inspect([path for path, _, _ in chunk], batch_size=batch_size)
     records = []
-    for (path, name), result in zip(chunk, inspections, strict=True):
+    for (path, name, mismatch), result in zip(chunk, inspections, strict=True):
         amap = np.asarray(result.anomaly_map, dtype=np.float32)
         row: dict[str, Any] = {
             "image": path,
@@ -170,6 +249,7 @@ def inspect_chunk(
             "map": f"maps/{name}.tiff" if write_maps else None,
             "overlay": f"overlays/{name}.png" if write_overlays else None,
             "regions": [r.to_dict() for r in result.regions],
+            "mismatch": mismatch,
         }
         overlay = None
         if write_overlays:
@@ -181,11 +261,13 @@ def inspect_chunk(
 
 @dataclass
 class PredictSummary:
-    """What a results folder holds: counts and the first rows (for printing)."""
+    """What a results folder holds: counts, the first rows (for printing), and whether the
+    model was calibrated (else the rows have no decision)."""
 
     n_images: int = 0
     n_defect: int = 0
     head: list[dict[str, Any]] = field(default_factory=list)
+    calibrated: bool = True
 
 
 def _indented(text: str, spaces: int) -> str:
@@ -197,14 +279,15 @@ class ResultWriter:
     """Writes records into a folder as they come: CSV, JSON, optional Parquet, maps, overlays.
 
     ``results.json`` is the same text as ``json.dumps(payload, indent=2)`` of the whole
-    payload (``model_hash``, ``detector``, ``n_images``, ``n_defect``, ``results``), built from
+    payload (``model_hash``, ``detector``, ``calibrated``, ``n_images``, ``n_defect``,
+    ``results``), built from
     a spool file in :meth:`close`, so no row is kept in memory. ``results.csv`` floats are
     written with ``repr`` so they read back bit-exact.
 
     Parameters
     ----------
     folder : the (temporary) output folder.
-    header : the fields of ``results.json`` before ``n_images`` (model hash, detector).
+    header : the fields of ``results.json`` before ``n_images`` (:func:`result_header`).
     parquet : also write ``results.parquet`` (the :data:`RESULT_COLUMNS`; needs pyarrow).
     n_head : rows kept for :attr:`PredictSummary.head`.
     """
@@ -213,7 +296,7 @@ class ResultWriter:
                  n_head: int = 20) -> None:
         self.folder = folder
         self.header = dict(header)
-        self.summary = PredictSummary()
+        self.summary = PredictSummary(calibrated=bool(header.get("calibrated", True)))
         self._n_head = n_head
         self._csv_file = (folder / "results.csv").open("w", encoding="utf-8", newline="")
         self._csv = csv.writer(self._csv_file, lineterminator="\n")
@@ -315,15 +398,16 @@ def write_results(
 
     Parameters
     ----------
-    out_dir : output folder; an existing one is only replaced if it holds ``results.json``.
+    out_dir : output folder; an existing one is only replaced if it holds ``results.json``
+        and nothing but :data:`OUTPUT_ENTRIES`.
     batches : the records, batch after batch, in input order (consumed lazily).
-    header : ``model_hash`` and ``detector`` for ``results.json``.
+    header : :func:`result_header`.
     n_images : how many records ``batches`` holds (for the progress total).
     parquet : also write ``results.parquet``.
     progress : reports ``("inspecting images", done, n_images)``.
     on_row : called with each row as it is written.
     """
-    with atomic_output_dir(out_dir, marker=_MARKER) as tmp:
+    with atomic_output_dir(out_dir, marker=_MARKER, owned=OUTPUT_ENTRIES) as tmp:
         writer = ResultWriter(tmp, header, parquet=parquet)
         try:
             if progress is not None:
@@ -343,7 +427,8 @@ def write_results(
 
 def result_header(model: InspectionModel) -> dict[str, Any]:
     """The fields of ``results.json`` that describe the model."""
-    return {"model_hash": model.model_hash, "detector": model.describe().get("detector")}
+    return {"model_hash": model.model_hash, "detector": model.describe().get("detector"),
+            "calibrated": model.calibration is not None}
 
 
 def predict_to_dir(
@@ -355,30 +440,47 @@ def predict_to_dir(
     write_overlays: bool = True,
     progress: ProgressCallback | None = None,
     *,
+    recursive: bool = False,
+    uncalibrated: bool = False,
+    allow_mismatch: bool = False,
     parquet: bool = False,
     n_threads: int | None = None,
 ) -> list[dict[str, Any]]:
     """Inspect image files and write the results into ``out_dir`` (replaced atomically).
 
     Writes ``results.csv`` (columns :data:`RESULT_COLUMNS`), ``results.json`` (the same rows
-    plus each image's regions, and the model's hash), ``maps/<name>.tiff`` (float32 raw
-    anomaly maps at native size) and ``overlays/<name>.png`` (heatmap over the image with
-    the predicted regions outlined; the colour scale is the calibrated normalised map, so
-    green = pixel threshold, red = far above it).
+    plus each image's regions and any difference from the training images, the model's
+    hash, and ``calibrated``), ``maps/<name>.tiff`` (float32 raw anomaly maps at native
+    size) and ``overlays/<name>.png`` (heatmap over the image with the predicted regions
+    outlined; the colour scale is the calibrated normalised map, so green = pixel threshold,
+    red = far above it).
+
+    Before anything is written, every input is checked (one error lists every unreadable
+    file) and compared with the training images (see :mod:`defectmap.data.profile`).
 
     Parameters
     ----------
     model : InspectionModel
     inputs : sequence of str or Path
-        Image files and/or folders (see :func:`collect_images`).
+        Image files and/or folders (see :func:`collect_images`; ``out_dir`` is never read).
     out_dir : str or Path
-        Output folder; an existing one is only replaced if it holds ``results.json``.
+        Output folder; an existing one is only replaced if it holds ``results.json`` and
+        nothing but what this function writes (:data:`OUTPUT_ENTRIES`).
     batch_size : int
-        Images per forward pass.
+        Images per forward pass, at least 1.
     write_maps, write_overlays : bool
         Whether to write the TIFF maps and the overlay PNGs.
     progress : ProgressCallback or None
-        Reports ``("inspecting images", done, total)`` (see :mod:`defectmap.progress`).
+        Reports the checks and ``("inspecting images", done, total)`` (see
+        :mod:`defectmap.progress`).
+    recursive : bool
+        Also read the images in sub-folders of the folders given.
+    uncalibrated : bool
+        Accept a model without ``calibration.json``: raw scores only, the decision,
+        normalised score and p-value stay empty. By default such a model is refused.
+    allow_mismatch : bool
+        Score images that differ from the training images in colour or size (a
+        :class:`~defectmap.errors.DefectmapWarning` names them); by default they are refused.
     parquet : bool
         Also write ``results.parquet`` (the CSV's columns; needs pyarrow).
     n_threads : int or None
@@ -388,10 +490,21 @@ def predict_to_dir(
     -------
     list of dict
         One row per image, in input order (as in ``results.csv``).
+
+    Raises
+    ------
+    UncalibratedModelError
+        The model has no calibration and ``uncalibrated`` is False.
+    ImageReadError
+        Inputs that cannot be read (all listed).
+    InputMismatchError
+        Inputs that differ from the training images (all listed), without ``allow_mismatch``.
     """
     from defectmap.threads import compute_threads
 
-    chunks = plan_chunks(collect_images(inputs), batch_size)
+    chunks = plan_prediction(model, inputs, out_dir, batch_size, progress,
+                             recursive=recursive, uncalibrated=uncalibrated,
+                             allow_mismatch=allow_mismatch)
     rows: list[dict[str, Any]] = []
     batches = (inspect_chunk(model, chunk, batch_size, write_maps, write_overlays)
                for chunk in chunks)

@@ -41,6 +41,9 @@ __all__ = ["evaluate_model"]
 
 #: A folder we may replace must be empty or carry this file (a previous evaluation).
 _MARKER = "metrics.json"
+#: Everything :func:`evaluate_model` writes; an earlier output holding anything else is not
+#: replaced (see :func:`defectmap.files.check_replaceable`).
+OUTPUT_ENTRIES = (_MARKER, "maps", "report.html", "figures", "submission")
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -137,7 +140,9 @@ def evaluate_model(
     category_data : CategoryData
         The category; only its ``test`` split is used.
     out_dir : str or Path
-        Output folder, replaced atomically (see :func:`defectmap.files.atomic_output_dir`).
+        Output folder, replaced atomically (see :func:`defectmap.files.atomic_output_dir`);
+        an existing one only when it holds an earlier evaluation and nothing else
+        (:data:`OUTPUT_ENTRIES`).
     fpr_limit : float or None
         Integration limit of AU-PRO; default 0.3, or 0.05 for MVTec AD 2.
     write_maps : bool
@@ -187,7 +192,7 @@ def evaluate_model(
     if fpr_limit is None:
         fpr_limit = MVTEC_AD2_FPR_LIMIT if protocol == "mvtec_ad2" else DEFAULT_FPR_LIMIT
 
-    with atomic_output_dir(out_dir, marker=_MARKER) as tmp:
+    with atomic_output_dir(out_dir, marker=_MARKER, owned=OUTPUT_ENTRIES) as tmp:
         start = time.perf_counter()
         prediction = model.detector.predict(paths, batch_size=batch_size, progress=progress)
         predict_s = time.perf_counter() - start

@@ -139,8 +139,12 @@ def gallery_panel(
     vmax: float,
     caption: str,
     thumb: int = 192,
+    ground_truth: bool = True,
 ) -> bytes:
     """One gallery row: input | heatmap overlay | ground-truth contour | predicted contour.
+
+    Without ``ground_truth`` (a dataset without masks) the ground-truth panel is left out:
+    input | heatmap overlay | predicted contour.
 
     Parameters
     ----------
@@ -157,6 +161,8 @@ def gallery_panel(
         Text drawn above the row.
     thumb : int
         Longest side of each panel in pixels (the gallery stays small).
+    ground_truth : bool
+        Whether the dataset has masks, i.e. whether the ground-truth panel means anything.
     """
     h, w = image.shape[:2]
     scale = min(1.0, thumb / max(h, w))  # downscale only
@@ -173,14 +179,16 @@ def gallery_panel(
             draw_contour(pred_panel, resize_mask(gt_mask, size), GT_COLOUR, width=1)
         draw_contour(pred_panel, resize_mask(pred_mask, size), PRED_COLOUR)
 
+    panels = [(base, "input"), (overlay, "heatmap")]
+    if ground_truth:
+        panels.append((gt_panel, "ground truth"))
+    panels.append((pred_panel, "predicted"))
     gap, header = 6, 30
-    width = 4 * size[0] + 3 * gap
+    width = len(panels) * size[0] + (len(panels) - 1) * gap
     canvas = Image.new("RGB", (width, size[1] + header), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     draw.text((2, 2), caption, fill=(0, 0, 0))
-    titles = ("input", "heatmap", "ground truth", "predicted")
-    for i, (panel, title) in enumerate(zip((base, overlay, gt_panel, pred_panel), titles,
-                                           strict=True)):
+    for i, (panel, title) in enumerate(panels):
         canvas.paste(Image.fromarray(panel), (i * (size[0] + gap), header))
         draw.text((i * (size[0] + gap) + 2, 16), title, fill=(90, 90, 90))
     buf = io.BytesIO()

@@ -8,6 +8,7 @@
     figures/pro.png         PRO curve with the FPR integration limit marked
     figures/scores.png      score histograms, good vs defective
     figures/gallery_*.png   input | heatmap | ground truth | predicted region, per image
+                            (no ground-truth panel for a dataset without masks)
 
 The gallery shows the hardest cases first: good images with the highest scores (would-be
 false alarms), then defective images with the lowest scores (best-hidden defects).
@@ -243,13 +244,19 @@ def render_html(data: ReportData, pngs: dict[str, bytes], gallery: list[tuple[st
 
     if gallery:
         parts.append("<h2>Gallery: hardest cases first</h2>")
+        if data.masks is not None:
+            panels = ("ground truth "
+                      f'<span style="background: rgb{GT_COLOUR}"></span> &middot; predicted '
+                      f'region <span style="background: rgb{PRED_COLOUR}"></span> over the '
+                      "ground truth")
+        else:
+            panels = ("predicted region "
+                      f'<span style="background: rgb{PRED_COLOUR}"></span> (the dataset has '
+                      "no ground-truth masks)")
         parts.append(
             '<p class="note key">Panels: input &middot; anomaly heatmap (one colour scale '
-            "for all images) &middot; ground truth "
-            f'<span style="background: rgb{GT_COLOUR}"></span> &middot; predicted '
-            f'region <span style="background: rgb{PRED_COLOUR}"></span> over the '
-            "ground truth. Good images with the highest scores come first, then defective "
-            "images with the lowest scores.</p>"
+            f"for all images) &middot; {panels}. Good images with the highest scores come "
+            "first, then defective images with the lowest scores.</p>"
         )
         parts.append('<div class="gallery">')
         parts.extend(_img(png, caption) for caption, png in gallery)
@@ -299,7 +306,8 @@ def write_report(data: ReportData, out_dir: str | Path, max_gallery: int = 12,
             caption = (f"#{rank + 1}  {data.defect_types[i]}/{path.name}  "
                        f"score {float(data.scores[i]):.4g}")
             png = figures.gallery_panel(read_image(path), data.maps[i], gt, pred, vmin, vmax,
-                                        caption, thumb=thumb)
+                                        caption, thumb=thumb,
+                                        ground_truth=data.masks is not None)
             name = f"gallery_{rank + 1:02d}_{data.defect_types[i]}_{path.stem}.png"
             write_bytes(fig_dir / name, png)
             gallery.append((caption, png))

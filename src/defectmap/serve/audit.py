@@ -311,7 +311,9 @@ def open_audit_log(target: str | Path) -> AuditLog:
     Raises
     ------
     AuditLogError
-        For a URL, or a path that cannot be opened as a SQLite database.
+        For a URL, a path in a folder that does not exist (it is not created: a typo must
+        not leave a stray folder and an empty log), or a path that cannot be opened as a
+        SQLite database.
     """
     text = str(target)
     if "://" in text:
@@ -319,4 +321,7 @@ def open_audit_log(target: str | Path) -> AuditLog:
             f"--db {text}: only SQLite files are supported for now "
             "(see defectmap.serve.audit for how a PostgreSQL store plugs in)"
         )
+    folder = Path(text).absolute().parent
+    if not folder.is_dir():
+        raise AuditLogError(f"{text}: the folder {folder} does not exist; create it first")
     return AuditLog(Path(text))

@@ -11,7 +11,15 @@ import ipaddress
 
 from defectmap.errors import DefectmapError
 
-__all__ = ["check_exposure", "check_token", "is_loopback"]
+__all__ = ["ExposureError", "check_exposure", "check_token", "is_loopback"]
+
+
+class ExposureError(DefectmapError):
+    """A blank token (``blank_token`` True), or a non-loopback address without a token."""
+
+    def __init__(self, message: str, blank_token: bool) -> None:
+        super().__init__(message)
+        self.blank_token = blank_token
 
 
 def is_loopback(host: str) -> bool:
@@ -35,11 +43,12 @@ def check_token(token: str | None) -> None:
 
     Raises
     ------
-    DefectmapError
+    ExposureError
         ``token`` is set but blank.
     """
     if token is not None and not token.strip():
-        raise DefectmapError("--token is empty or only white space; give a real token")
+        raise ExposureError("the token is empty or only white space; give a real token",
+                            blank_token=True)
 
 
 def check_exposure(host: str, token: str | None) -> None:
@@ -47,12 +56,10 @@ def check_exposure(host: str, token: str | None) -> None:
 
     Raises
     ------
-    DefectmapError
+    ExposureError
         ``token`` is blank, or ``host`` is not loopback and there is no token.
     """
     check_token(token)
     if not is_loopback(host) and not token:
-        # Kept short: rich wraps the error line at 80 columns when stderr is not a terminal.
-        raise DefectmapError(
-            f"--host {host} is not loopback: it needs --token (or DEFECTMAP_TOKEN)"
-        )
+        raise ExposureError(f"host {host} is not a loopback address: serving it needs a token",
+                            blank_token=False)

@@ -23,9 +23,9 @@ Errors
 Every error is JSON ``{"error": code, "detail": message}``: 400 empty or unreadable upload
 and bad query values, 401 missing/wrong token, 404 unknown id or path, 410 picture no
 longer held, 413 upload over the byte limit or image over the pixel limit, 415 not an
-image, 422 wrong form field, 503 the audit row cannot be written (the decision is then not handed
-out), 500 an unexpected failure (a bug; no row is written). The service keeps serving after
-each.
+image, 422 wrong form field or an image unlike the training images (``input_mismatch``),
+503 the audit row cannot be written (the decision is then not handed out), 500 an
+unexpected failure (a bug; no row is written). The service keeps serving after each.
 """
 
 from __future__ import annotations
@@ -207,6 +207,9 @@ def create_app(
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
     max_pixels: int = MAX_IMAGE_PIXELS,
     cache_size: int = 32,
+    runtime: str | None = None,
+    uncalibrated: bool = False,
+    allow_mismatch: bool = False,
 ) -> FastAPI:
     """Build the inspection service's FastAPI app (the model is loaded now, not lazily).
 
@@ -226,6 +229,12 @@ def create_app(
         Largest accepted ``width * height`` (413 above, checked before decoding).
     cache_size : int
         Number of recent maps held in memory for the picture links.
+    runtime : str, optional
+        ``"torch"``, ``"onnxruntime"`` or ``"openvino"``; None: the fastest installed one the
+        model folder was exported for.
+    uncalibrated, allow_mismatch : bool
+        Accept a model without calibration, and uploads unlike the training images (see
+        :class:`~defectmap.serve.service.InspectionService`).
 
     Returns
     -------
@@ -241,7 +250,8 @@ def create_app(
     check_token(token)
     service = InspectionService(
         model_dir, db_path, store_images=store_images, max_upload_bytes=max_upload_bytes,
-        max_pixels=max_pixels, cache_size=cache_size,
+        max_pixels=max_pixels, cache_size=cache_size, runtime=runtime,
+        uncalibrated=uncalibrated, allow_mismatch=allow_mismatch,
     )
 
     @asynccontextmanager
@@ -280,6 +290,8 @@ def create_app(
     @v1.post("/inspect", responses={
         413: {"model": ErrorOut, "description": "Upload or image too large"},
         415: {"model": ErrorOut, "description": "Not an image"},
+        422: {"model": ErrorOut,
+              "description": "No image field, or an image unlike the training images"},
         503: {"model": ErrorOut, "description": "Audit row cannot be written"},
     })
     async def inspect(
@@ -341,7 +353,8 @@ def create_app(
     def model_info() -> ModelInfo:
         """Detector, params, thresholds and training-data summary of the served model."""
         return ModelInfo(
-            name=service.model_name, hash=service.model_hash, thresholds=service.thresholds,
+            name=service.model_name, hash=service.model_hash, runtime=service.model.runtime,
+            thresholds=service.thresholds,
             limits=Limits(max_upload_bytes=service.max_upload_bytes,
                           max_pixels=service.max_pixels),
             description=service.description,

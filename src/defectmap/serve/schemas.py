@@ -112,6 +112,7 @@ class ModelInfo(BaseModel):
 
     name: str
     hash: str
+    runtime: str = Field(description="Inference runtime: torch, onnxruntime or openvino.")
     thresholds: dict[str, Any]
     limits: Limits
     description: dict[str, Any] = Field(

@@ -35,8 +35,14 @@ from typing import Any
 import numpy as np
 
 from defectmap.constants import MAX_IMAGE_PIXELS
-from defectmap.data.io import MAX_UPLOAD_BYTES, decode_image, probe_image
-from defectmap.errors import DefectmapError, ImageReadError, ImageTooLargeError, ModelFileError
+from defectmap.data.io import MAX_UPLOAD_BYTES, decode_image, probe_info
+from defectmap.errors import (
+    DefectmapError,
+    ImageReadError,
+    ImageTooLargeError,
+    ModelFileError,
+    UncalibratedModelError,
+)
 from defectmap.files import to_jsonable, write_bytes
 from defectmap.report.render import colour_scale, encode_png, heatmap_rgb, overlay_rgb
 from defectmap.serve.audit import AuditLog, AuditLogError, AuditRecord, open_audit_log
@@ -84,9 +90,20 @@ class InspectionService:
         Number of recent anomaly maps held in memory for the picture endpoints.
     warmup : bool
         Run one inference on a blank image at start-up (the first one is slow).
+    runtime : str, optional
+        ``"torch"``, ``"onnxruntime"`` or ``"openvino"``; None: the fastest installed one the
+        model folder was exported for (see :func:`defectmap.pipeline.load_model`).
+    uncalibrated : bool
+        Serve a model without ``calibration.json`` (answers carry raw scores only, the
+        decision is null); by default such a model is refused.
+    allow_mismatch : bool
+        Score uploads whose colour or size differs from the training images (see
+        :mod:`defectmap.data.profile`); by default they are answered 422 ``input_mismatch``.
 
     Raises
     ------
+    UncalibratedModelError
+        The model has no calibration and ``uncalibrated`` is False.
     DefectmapError
         When the model directory is missing or invalid, or the database cannot be opened.
     """
@@ -100,6 +117,9 @@ class InspectionService:
         max_pixels: int = MAX_IMAGE_PIXELS,
         cache_size: int = 32,
         warmup: bool = True,
+        runtime: str | None = None,
+        uncalibrated: bool = False,
+        allow_mismatch: bool = False,
     ) -> None:
         from defectmap.pipeline import load_model
 
@@ -107,7 +127,13 @@ class InspectionService:
         if not model_dir.is_dir():
             raise DefectmapError(f"{model_dir}: model directory not found")
         self.model_dir = model_dir
-        self.model = load_model(model_dir)
+        self.model = load_model(model_dir, runtime=runtime)
+        if self.model.calibration is None and not uncalibrated:
+            raise UncalibratedModelError(
+                f"{model_dir}: no calibration.json, so no ok/defect decision can be made; "
+                "train it with calibration, or serve raw scores only (uncalibrated=True)"
+            )
+        self.allow_mismatch = allow_mismatch
         self.description: dict[str, Any] = to_jsonable(self.model.describe())
         self.model_name = model_dir.resolve().name
         self.model_hash = str(self.model.model_hash)
@@ -196,11 +222,16 @@ class InspectionService:
                 f"{filename}: upload is larger than the limit of {self.max_upload_bytes} bytes",
             )
         try:
-            fmt = probe_image(data, filename, self.max_pixels)[3]
+            info, fmt = probe_info(data, filename, self.max_pixels)
         except ImageTooLargeError as exc:
             raise ApiError(413, "too_many_pixels", str(exc)) from exc
         except ImageReadError as exc:
             raise ApiError(415, "not_an_image", str(exc)) from exc
+        mismatch = [] if self.allow_mismatch else self.model.input_mismatches([info], [filename])
+        if mismatch:
+            raise ApiError(422, "input_mismatch",
+                           f"{filename}: {mismatch[0][1]}; this service does not score such "
+                           "images (it was started without allow_mismatch)")
         try:
             image = decode_image(
                 data, filename, mode="RGB", max_pixels=self.max_pixels,
