@@ -130,7 +130,9 @@ def test_benchmark_on_ray_equals_local_and_reports_the_failed_cells(
                 "--out", tmp_path / "ray", "--ray", ray_address, auth=True)
     assert proc.returncode == 1, proc.stderr  # two cells failed: the table is still written
     bad = str(grid_root / "broken" / "train" / "good" / "000.png")
-    assert f"failed broken / patchcore after 2 attempts: ImageReadError: {bad}" in proc.stderr
+    assert (f"failed broken / patchcore after 2 attempts: ImageReadError: 1 of 12 image(s) "
+            f"cannot be read: {bad}: truncated or corrupt PNG file") in proc.stderr
+    assert "warning:" not in proc.stderr  # Ray's own deprecation notices stay quiet
     on_ray = json.loads((tmp_path / "ray" / "table.json").read_text())
     assert len(on_ray["pairs"]) == 2 and len(on_ray["failed"]) == 2
     assert _comparable(on_ray["pairs"]) == _comparable(local["rows"])  # every metric, score
@@ -187,9 +189,10 @@ def test_predict_on_a_local_ray_writes_the_same_bytes_as_local(
     assert f"{sum(r['decision'] == 'defect' for r in rows)} of 6 flagged" in proc.stdout
 
 
-def test_predict_on_ray_names_an_unreadable_image_and_writes_nothing(
+def test_predict_on_ray_checks_every_image_first_like_local_and_writes_nothing(
     grid_root: Path, model_dir: Path, ray_address: str, tmp_path: Path
 ) -> None:
+    """The driver runs the local checks before any actor starts: one line naming the file."""
     folder = tmp_path / "images"
     folder.mkdir()
     for source in sorted((grid_root / "good" / "test" / "good").glob("*.png")):
@@ -199,7 +202,6 @@ def test_predict_on_ray_names_an_unreadable_image_and_writes_nothing(
                 "--threads", THREADS, "--ray", ray_address, auth=True)
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: {folder / 'zz_cut.png'}: cannot decode image, truncated or "
-                      "corrupt (image file is truncated)"], proc.stderr
-    assert not (tmp_path / "out").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["images"]  # no temporary folder left
+    assert errors == [f"error: 1 of 4 image(s) cannot be read: {folder / 'zz_cut.png'}: "
+                      "truncated or corrupt PNG file (Truncated File Read)"], proc.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["images"]  # no output, no temporary folder

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,7 +83,9 @@ def ray_session(address: str) -> Iterator[ModuleType]:
     its own progress.
     """
     ray = require_ray()
-    context = ray.data.DataContext.get_current()
+    with warnings.catch_warnings():  # Ray's own constructor sets its deprecated fields
+        warnings.simplefilter("ignore")
+        context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     for name in _QUIET:
