@@ -53,8 +53,8 @@ PARQUET_ROW_GROUP = 4096
 OUTPUT_ENTRIES = (_MARKER, "results.csv", "results.parquet", "maps", "overlays")
 
 #: Columns of ``results.csv`` (and ``results.parquet``).
-RESULT_COLUMNS = ("image", "score", "normalized_score", "decision", "p_value", "n_regions",
-                  "map", "overlay")
+RESULT_COLUMNS = ("image", "score", "normalized_score", "decision", "p_value", "decision_rule",
+                  "n_regions", "map", "overlay")
 
 #: A forward-pass batch: (image path, output name, mismatch or None) triples.
 Chunk = Sequence[tuple[str, str, str | None]]
@@ -245,6 +245,7 @@ def inspect_chunk(
             "normalized_score": _opt_float(result.normalized_score),
             "decision": result.decision,
             "p_value": _opt_float(result.p_value),
+            "decision_rule": result.decision_rule,
             "n_regions": len(result.regions),
             "map": f"maps/{name}.tiff" if write_maps else None,
             "overlay": f"overlays/{name}.png" if write_overlays else None,
@@ -364,7 +365,8 @@ class _ParquetRows:
         self._schema = pa.schema([
             ("image", pa.string()), ("score", pa.float64()),
             ("normalized_score", pa.float64()), ("decision", pa.string()),
-            ("p_value", pa.float64()), ("n_regions", pa.int64()), ("map", pa.string()),
+            ("p_value", pa.float64()), ("decision_rule", pa.string()),
+            ("n_regions", pa.int64()), ("map", pa.string()),
             ("overlay", pa.string()),
         ])
         self._writer = pq.ParquetWriter(path, self._schema)
