@@ -155,6 +155,7 @@ def _records(n: int) -> list[ResultRecord]:
         row = {"image": f"in/{i}.png", "score": float(rng.normal()),
                "normalized_score": None if i == 1 else 0.25 * i,
                "decision": "defect" if i % 2 else "ok", "p_value": 1 / (i + 2),
+               "decision_rule": "p_value",
                "n_regions": i, "map": f"maps/{i}.tiff", "overlay": None,
                "regions": [{"bbox": [0, 0, i, i], "area": i}] if i else []}
         out.append(ResultRecord(row, rng.random((3, 4), dtype=np.float32), None))
