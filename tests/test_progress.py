@@ -86,7 +86,7 @@ def test_benchmark_reports_nested_tasks_and_prints_nothing(
                                progress=rec)
     assert capsys.readouterr() == ("", "")  # the library draws and prints nothing
     assert len(result["rows"]) == 1 and result["missing"][0]["category"] == "absent"
-    outer = "benchmark (category, detector) pairs"
+    outer = "benchmark cells"
     assert rec.runs(outer) == [[(0, 2), (1, 2), (2, 2)]]
     # 24 good training images, cross-fitted: one feature extraction, 5 fold fits; 16 test
     assert rec.runs("PatchCore features") == [[(i, 24) for i in range(25)]]

@@ -23,7 +23,7 @@ RUNTIMES: Final = ("torch", "onnxruntime", "openvino")
 #: The pip extra (pyproject.toml) that installs each optional top-level module.
 EXTRA_OF_MODULE: Final = {"torch": "train", "torchvision": "train", "timm": "train",
                           "onnx": "export", "onnxscript": "export", "onnxruntime": "runtime",
-                          "openvino": "openvino"}
+                          "openvino": "openvino", "ray": "ray"}
 #: Formats of ``defectmap export`` and the inputs its graph can take.
 EXPORT_FORMATS: Final = ("onnx", "openvino")
 EXPORT_INPUTS: Final = ("normalized", "pixels")
