@@ -13,7 +13,7 @@ from pathlib import Path
 import defectmap
 
 ORDER = ["errors", "constants", "files", "progress", "prediction", "data", "runtime", "metrics",
-         "features", "detectors", "calibrate", "pipeline", "export", "report", "evaluate",
+         "features", "detectors", "tiling", "calibrate", "pipeline", "export", "report", "evaluate",
          "serve", "demo", "cli"]
 PACKAGE = Path(defectmap.__file__).parent
 

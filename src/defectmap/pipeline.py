@@ -5,7 +5,8 @@ separate validation folder), fits the detector on the first, calibrates threshol
 normalisation on the second (see :mod:`defectmap.calibrate`) and writes one model directory::
 
     out_dir/
-      model.json            detector name, params, package version, non-array state
+      model.json            detector name, params, package version, non-array state,
+                            tiling parameters (tiling mode, see :mod:`defectmap.tiling`)
       weights.safetensors   the detector's learned arrays
       calibration.json      thresholds, alpha, validation scores and statistics
       training.json         category, dataset root, fit/validation counts and file stems,
@@ -44,7 +45,12 @@ from defectmap.calibrate import (
     fit_calibration,
     split_validation,
 )
-from defectmap.constants import DEFAULT_ALPHA, DEFAULT_DETECTOR, DEFAULT_PIXEL_FPR
+from defectmap.constants import (
+    DEFAULT_ALPHA,
+    DEFAULT_DETECTOR,
+    DEFAULT_PIXEL_FPR,
+    DEFAULT_TILE_OVERLAP,
+)
 from defectmap.data.io import ImageInfo, check_images
 from defectmap.data.profile import ImageProfile
 from defectmap.data.records import CategoryData, Sample
@@ -55,6 +61,8 @@ from defectmap.progress import ProgressCallback
 
 if TYPE_CHECKING:
     from defectmap.data.io import ImageInput
+    from defectmap.detectors import Detector
+    from defectmap.tiling import TiledDetector
 
 __all__ = ["MODEL_FILES", "TRAINING_FILE", "Inspection", "InspectionModel", "load_model",
            "train_model"]
@@ -324,11 +332,11 @@ def _load_once(folder: Path, runtime: str | None, n_threads: int | None) -> Insp
     model_hash = sha256_tree(folder)  # hash first: describes the bytes about to be read
     detector: Scorer
     if runtime == "torch":
-        from defectmap.detectors import load_detector
+        from defectmap.tiling import load_scorer
 
         if is_export_dir(folder):
             read_manifest(folder)  # the torch runtime checks an export's hashes too
-        detector = load_detector(folder)
+        detector = load_scorer(folder)  # a TiledDetector when model.json has "tiling"
     else:
         detector = ExportedModel(folder, runtime=runtime, n_threads=n_threads)
     calibration = Calibration.load(folder) if (folder / CALIBRATION_FILE).exists() else None
@@ -370,6 +378,8 @@ def train_model(
     min_region_area: int = 1,
     validation_images: Sequence[str | os.PathLike[str]] | None = None,
     batch_size: int = 1,
+    tile_size: int | None = None,
+    tile_overlap: float = DEFAULT_TILE_OVERLAP,
     progress: ProgressCallback | None = None,
 ) -> InspectionModel:
     """Fit a detector on good training images, calibrate it on held-out good images, save both.
@@ -391,7 +401,12 @@ def train_model(
         of a split; then every ``train/good`` image fits the detector. Default: the
         dataset's own validation split when it has one (MVTec LOCO AD, MVTec AD 2), else a
         split of ``train/good``.
-    batch_size : images per forward pass when scoring the validation images.
+    batch_size : images per forward pass when scoring the validation images (tiles per
+        pass in tiling mode).
+    tile_size : tiling mode (see :mod:`defectmap.tiling`): the detector fits on and scores
+        overlapping tiles of this side in native pixels, resized to its ``input_size``;
+        maps are stitched at native size. None: whole images, resized.
+    tile_overlap : smallest overlap of neighbouring tiles, a fraction of ``tile_size``.
     progress : reports ``(task, done, total)`` of the fit and of the validation scoring
         (see :mod:`defectmap.progress`).
 
@@ -408,12 +423,16 @@ def train_model(
     DefectmapError : ``out_dir`` exists and is not a model directory, or holds other files.
     UnknownDetectorError, DefectmapError : unknown detector name or parameter (see
         :func:`~defectmap.detectors.build_detector`).
+    TilingError : invalid ``tile_size`` or ``tile_overlap``.
     """
     from defectmap.detectors import build_detector, create_detector
+    from defectmap.tiling import TiledDetector, check_tiling
 
     started_at, t0 = _now(), time.perf_counter()
     out_dir = Path(out_dir)
     check_replaceable(out_dir, MODEL_FILE, MODEL_FILES)  # fail before the (long) fit
+    if tile_size is not None:
+        check_tiling(tile_size, tile_overlap)
     good = [s for s in category_data.train if s.label == 0]
     if not good:
         raise DatasetError(f"{category_data.root}: no good training images to fit on")
@@ -435,9 +454,12 @@ def train_model(
     infos = check_images([s.path for s in fit_samples] + val_paths, progress=progress,
                          task="checking training images")
     params = dict(detector_params or {})
-    model = build_detector(detector, params)  # __init__ only stores: cheap
-    if "random_state" not in params and "random_state" in model.get_params():
-        model = create_detector(detector, **params, random_state=random_state)
+    built = build_detector(detector, params)  # __init__ only stores: cheap
+    if "random_state" not in params and "random_state" in built.get_params():
+        built = create_detector(detector, **params, random_state=random_state)
+    model: Detector | TiledDetector = built
+    if tile_size is not None:
+        model = TiledDetector(built, tile_size=tile_size, overlap_ratio=tile_overlap)
     model.fit([s.path for s in fit_samples], progress=progress)
     fit_seconds = time.perf_counter() - t0
     prediction = model.predict(val_paths, batch_size=batch_size, progress=progress)

@@ -24,8 +24,17 @@ from defectmap.cli.options import (
     image_size_option,
     ratio_option,
     seed_option,
+    tile_option,
 )
-from defectmap.constants import DEFAULT_ALPHA, DEFAULT_DETECTOR, DEFAULT_FPR_LIMIT
+from defectmap.constants import (
+    DEFAULT_ALPHA,
+    DEFAULT_DETECTOR,
+    DEFAULT_FPR_LIMIT,
+    DEFAULT_TILE_OVERLAP,
+    MAX_INPUT_SIZE,
+    MAX_TILE_OVERLAP,
+    MIN_INPUT_SIZE,
+)
 from defectmap.errors import DefectmapError
 
 
@@ -36,6 +45,30 @@ def _detector_params(backbone: str | None, image_size: int | None) -> dict[str, 
     if image_size is not None:
         params["input_size"] = image_size
     return params
+
+
+def _tiling(tile: int | None, overlap: float | None, scale: float | None,
+            params: dict[str, Any]) -> tuple[int | None, float]:
+    """Check the tiling flags; set ``params["input_size"]`` from --tile-scale.
+
+    The network input of a tile is ``round(tile * scale)`` pixels (scale 1 by default) unless
+    --image-size gives it.
+    """
+    if tile is None:
+        if overlap is not None or scale is not None:
+            raise CliUsageError("--tile-overlap and --tile-scale need --tile SIZE")
+        return None, DEFAULT_TILE_OVERLAP
+    if scale is not None and "input_size" in params:
+        raise CliUsageError("give --image-size or --tile-scale, not both (the network input "
+                            "of a tile is SIZE x scale)")
+    if "input_size" not in params:
+        size = round(tile * (1.0 if scale is None else scale))
+        if not MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE:
+            raise CliUsageError(f"--tile {tile} at --tile-scale {scale:g} gives a {size} px "
+                                f"network input; it must be {MIN_INPUT_SIZE} to "
+                                f"{MAX_INPUT_SIZE}")
+        params["input_size"] = size
+    return tile, DEFAULT_TILE_OVERLAP if overlap is None else overlap
 
 
 @contextmanager
@@ -77,25 +110,43 @@ def fit_command(
                                     help="Fraction of train/good held out to calibrate"),
     alpha: float = ratio_option(DEFAULT_ALPHA, "--alpha", help="Target false-alarm rate"),
     seed: int = seed_option(),
+    tile: int | None = tile_option(),
+    tile_overlap: float | None = ratio_option(
+        None, "--tile-overlap", low=0.0, high=MAX_TILE_OVERLAP, low_open=False,
+        high_open=False,
+        help=f"Smallest overlap of neighbouring tiles, a fraction of SIZE (default "
+        f"{DEFAULT_TILE_OVERLAP:g}; needs --tile)"),
+    tile_scale: float | None = ratio_option(
+        None, "--tile-scale", low=0.0, high=4.0, high_open=False,
+        help="Network pixels per native pixel of a tile: each tile is resized to "
+        "SIZE x scale (default 1; needs --tile; excludes --image-size)"),
     out: Path = typer.Option(..., "--out", "-o", metavar="DIR",
                              help="Model folder to write (a model folder is replaced whole; "
                              "a folder holding other files is refused)."),
 ) -> None:
-    """Train a detector on the good training images and calibrate its thresholds."""
+    """Train a detector on the good training images and calibrate its thresholds.
+
+    With --tile, the model works on overlapping tiles of large images (see the README's
+    "Tiling for large images"); predict, evaluate and serve then tile too.
+    """
     from defectmap.data.layouts import load_category
     from defectmap.pipeline import train_model
 
     params = _detector_params(backbone, image_size)
+    tile_size, overlap = _tiling(tile, tile_overlap, tile_scale, params)
     data = load_category(dataset_root, category)
     start = time.perf_counter()
     with _warnings_as_lines(), progress_display() as progress:
         model = train_model(data, out, detector=detector, detector_params=params,
                             val_ratio=val_ratio, alpha=alpha, random_state=seed,
-                            progress=progress)
+                            tile_size=tile_size, tile_overlap=overlap, progress=progress)
     seconds = time.perf_counter() - start
     cal = model.calibration
+    tiled = "" if tile_size is None else \
+        f", tiles of {tile_size} px at {params['input_size']} px network input"
     console.print(f"trained [bold]{escape(detector)}[/bold] on {escape(data.name)} "
-                  f"({len(data.train)} good images) in {seconds:.1f} s", highlight=False)
+                  f"({len(data.train)} good images{tiled}) in {seconds:.1f} s",
+                  highlight=False)
     if cal is not None:
         console.print(f"image threshold {cal.image_threshold:.4g} (alpha {cal.alpha:g}, "
                       f"{cal.n_val} validation images)", highlight=False)
