@@ -39,7 +39,7 @@ __all__ = ["LARGE_DEFECT_TYPES", "WEAVE_PERIOD", "make_large_image_dataset", "re
 
 LARGE_DEFECT_TYPES: tuple[str, ...] = ("weave", "spot")
 #: Period of the weave in native pixels.
-WEAVE_PERIOD = 8.0
+WEAVE_PERIOD = 9.7  # incommensurate with the stride-8 feature grid: every phase is seen
 _WEAVE_AMPLITUDE = 24.0
 _MOTTLE_STD = 6.0
 _NOISE_SIGMA = 2.0
