@@ -4,6 +4,7 @@ small defect in a large image that a plain resize loses (real fits, small synthe
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,18 @@ from defectmap.tiling import (
     tile_grid,
     tile_starts,
 )
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    """Tiles mean many small forward passes; on a loaded shared CPU two intra-op threads
+    waiting on each other made them ~10x slower than one (measured). Restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 GRIDS = [(512, 512, 128, 0.25), (300, 200, 128, 0.25), (100, 700, 128, 0.5), (257, 256, 64, 0.0),
          (640, 640, 128, 0.75), (64, 64, 128, 0.25)]
@@ -147,15 +160,15 @@ def test_invalid_tiling_is_refused() -> None:
 
 @pytest.fixture(scope="module")
 def tiled_fit() -> TiledDetector:
-    train = [render_large(256, 0, (1, i), None, 8)[0] for i in range(2)]
+    train = [render_large(192, 0, (1, i), None, 8)[0] for i in range(2)]
     inner = create_detector("patchcore", input_size=64, coreset_ratio=0.1)
     return TiledDetector(inner, tile_size=64, overlap_ratio=0.25).fit(train)
 
 
 def test_save_load_round_trip(tiled_fit: TiledDetector, tmp_path: Path) -> None:
-    image, _ = render_large(256, 0, (2, 0), "spot", 8)
-    before = tiled_fit.predict([image, image[:200, :230]])
-    assert [m.shape for m in before.maps] == [(256, 256), (200, 230)]
+    image, _ = render_large(192, 0, (2, 0), "spot", 8)
+    before = tiled_fit.predict([image, image[:150, :170]])
+    assert [m.shape for m in before.maps] == [(192, 192), (150, 170)]
     assert before.scores[0] == pytest.approx(float(before.maps[0].max()))
     tiled_fit.save(tmp_path)
     meta = json.loads((tmp_path / "model.json").read_text())
@@ -164,7 +177,7 @@ def test_save_load_round_trip(tiled_fit: TiledDetector, tmp_path: Path) -> None:
     assert isinstance(loaded, TiledDetector)
     assert loaded.get_params() == tiled_fit.get_params()
     assert loaded.get_params()["tiling"]["scale"] == 1.0
-    after = loaded.predict([image, image[:200, :230]])
+    after = loaded.predict([image, image[:150, :170]])
     assert np.array_equal(after.scores, before.scores)
     for a, b in zip(after.maps, before.maps, strict=True):
         assert np.array_equal(a, b)
@@ -183,7 +196,7 @@ def test_models_without_tiling_load_unchanged(tiled_fit: TiledDetector, tmp_path
 def test_tiles_localise_a_small_defect_that_a_resize_loses() -> None:
     # 512 px images, 12 px defects; 128 px network input either way: the resize shrinks a
     # defect to 3 px, 128 px tiles (25 per image) keep it at 12 px.
-    train = [render_large(512, 0, (1, i), None, 12)[0] for i in range(4)]
+    train = [render_large(512, 0, (1, i), None, 12)[0] for i in range(3)]
     test = [render_large(512, 0, (2, i), kind, 12)
             for i, kind in enumerate(["weave", "spot", "weave", "spot"])]
     images, masks = [t[0] for t in test], [t[1] for t in test]
@@ -246,8 +259,7 @@ def test_fit_with_tiles_then_predict_and_evaluate(tiled_model: Path, large_root:
                      "--out", tmp_path / "eval", "--no-maps")
     assert rc == 0, err
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    print("tiled CLI evaluate", metrics["pixel_auroc"], metrics["aupro"])
-    assert metrics["pixel_auroc"] > 0.9
+    assert metrics["pixel_auroc"] > 0.9  # measured 0.967 (AU-PRO 0.89)
 
 
 def test_export_refuses_a_tiled_model(tiled_model: Path, tmp_path: Path,
