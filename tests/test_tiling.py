@@ -27,6 +27,7 @@ from defectmap.tiling import (
     tile_starts,
 )
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread() -> Iterator[None]:
     """Tiles mean many small forward passes; on a loaded shared CPU two intra-op threads
@@ -208,7 +209,7 @@ def test_tiles_localise_a_small_defect_that_a_resize_loses() -> None:
         assert all(m.shape == (512, 512) for m in maps)
         results[name] = (pixel_auroc(maps, masks), aupro(maps, masks))
     (auroc_r, pro_r), (auroc_t, pro_t) = results["resize"], results["tiles"]
-    # Measured (seed 0): resize ~0.6 / ~0.05, tiles ~0.99 / ~0.98.
+    # Measured (seed 0): resize 0.636 / 0.143, tiles 0.998 / 0.995.
     assert auroc_t > 0.95 and pro_t > 0.9
     assert auroc_t > auroc_r + 0.2 and pro_t > pro_r + 0.5
 

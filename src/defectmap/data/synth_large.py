@@ -28,9 +28,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 
+from defectmap.data.synth import _save_png
 from defectmap.errors import DatasetError
 from defectmap.files import atomic_output_dir
 from defectmap.progress import ProgressCallback, track
@@ -107,11 +107,6 @@ def render_large(
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), mask
 
 
-def _save_png(array: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, format="PNG", compress_level=1)
-
-
 def make_large_image_dataset(
     out: str | Path,
     category: str = "large",
@@ -148,7 +143,8 @@ def make_large_image_dataset(
         raise DatasetError(f"{target}: already exists; choose another folder")
     target.parent.mkdir(parents=True, exist_ok=True)
     n_good = max(n_test // 4, 1) if n_test >= 2 else 0
-    jobs = [("train", "good", i, None) for i in range(n_train)]
+    jobs: list[tuple[str, str, int, str | None]] = [
+        ("train", "good", i, None) for i in range(n_train)]
     jobs += [("test", "good", i, None) for i in range(n_good)]
     for i in range(n_test - n_good):
         name = LARGE_DEFECT_TYPES[i % len(LARGE_DEFECT_TYPES)]
@@ -158,9 +154,9 @@ def make_large_image_dataset(
                 track(jobs, f"synthesising {category}", progress)):
             image, mask = render_large(size, seed, (1 if split == "train" else 2, n), defect,
                                        defect_size)
-            _save_png(image, tmp / split / folder / f"{index:03d}.png")
+            _save_png(image, tmp / split / folder / f"{index:03d}.png", compress_level=1)
             if defect is not None:
                 _save_png(mask.astype(np.uint8) * 255,
-                          tmp / "ground_truth" / folder / f"{index:03d}_mask.png")
+                          tmp / "ground_truth" / folder / f"{index:03d}_mask.png", 1)
         (tmp / "test" / "good").mkdir(parents=True, exist_ok=True)
     return target
