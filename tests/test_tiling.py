@@ -284,3 +284,17 @@ def test_tiling_usage_errors_exit_2(flags: list[str], large_root: Path, tmp_path
                      "--out", tmp_path / "m")
     assert rc == 2, err
     assert not (tmp_path / "m").exists()
+
+
+def test_service_scores_an_upload_with_the_tiled_model(tiled_model: Path, large_root: Path,
+                                                       tmp_path: Path) -> None:
+    from defectmap.pipeline import load_model
+    from defectmap.serve.service import InspectionService
+
+    defect = sorted((large_root / "large" / "test" / "spot").glob("*.png"))[0]
+    service = InspectionService(tiled_model, db_path=tmp_path / "audit.sqlite")
+    record = service.inspect_upload(defect.read_bytes(), defect.name)
+    expected = load_model(tiled_model).inspect([defect])[0]
+    assert (record.width, record.height) == (256, 256)
+    assert record.score == pytest.approx(expected.score, rel=1e-6)
+    assert record.decision == expected.decision
