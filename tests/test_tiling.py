@@ -194,6 +194,25 @@ def test_models_without_tiling_load_unchanged(tiled_fit: TiledDetector, tmp_path
         load_scorer(tmp_path)
 
 
+def test_add_good_through_tiles_clears_a_false_alarm() -> None:
+    # Operator feedback on a tiled model: the false alarm's tiles go into the bank.
+    train = [render_large(192, 0, (1, i), None, 8)[0] for i in range(2)]
+    scorer = TiledDetector(create_detector("patchcore", input_size=64, coreset_ratio=0.1),
+                           tile_size=64).fit(train)
+    good = render_large(192, 0, (1, 5), None, 8)[0]
+    reference = scorer.predict([good]).maps[0]
+    radius = float(np.quantile(reference, 0.999))
+    alarm = render_large(192, 0, (1, 6), None, 8)[0]
+    alarm[80:100, 90:110] = 250  # a sticker on a good part: flagged
+    assert scorer.predict([alarm]).maps[0].max() > 1.5 * radius
+    bank = scorer.detector.memory_bank_.shape[0]
+    added = scorer.add_good([alarm], radius=radius)
+    assert added > 0 and scorer.detector.memory_bank_.shape[0] == bank + added
+    # The stitched map is a weighted mean of tile maps, each now within the radius.
+    assert scorer.predict([alarm]).maps[0].max() <= radius * (1 + 1e-4)
+    assert np.all(scorer.predict([good]).maps[0] <= reference + 1e-5)
+
+
 def test_tiles_localise_a_small_defect_that_a_resize_loses() -> None:
     # 512 px images, 12 px defects; 128 px network input either way: the resize shrinks a
     # defect to 3 px, 128 px tiles (25 per image) keep it at 12 px.

@@ -347,6 +347,15 @@ class TiledDetector:
                           progress=progress)
         return self
 
+    def add_good(self, images: Sequence[ImageInput], radius: float | None = None,
+                 progress: ProgressCallback | None = None) -> int:
+        """Add the tiles of more defect-free images to the wrapped detector's model (see its
+        ``add_good``: operator feedback); return what it reports (patches added). A stitched
+        map is a weighted mean of tile maps, so a bound on every tile's map bounds it too."""
+        return int(self.detector.add_good(
+            TileSequence(images, self.tile_size, self.overlap_ratio), radius=radius,
+            progress=progress))
+
     def predict(
         self,
         images: Sequence[ImageInput],

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from defectmap.detectors.base import Detector, register_detector
-from defectmap.detectors.neighbors import NearestNeighborIndex, greedy_coreset
+from defectmap.detectors.neighbors import NearestNeighborIndex, greedy_coreset, greedy_cover
 from defectmap.features.backbones import DEFAULT_BACKBONE
 from defectmap.features.preprocess import ImageInput
 from defectmap.progress import ProgressCallback
@@ -146,6 +146,55 @@ class PatchCore(Detector):
             self.memory_bank_ = patches.contiguous()
             self.index_ = NearestNeighborIndex(self.memory_bank_)
         return self
+
+    def add_good(
+        self,
+        images: Sequence[ImageInput],
+        radius: float | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> int:
+        """Add patches of more defect-free images to the memory bank; return how many.
+
+        Used when an operator confirms that a flagged part is good (a false alarm). The
+        coreset selection of :meth:`fit` is continued over the new images' patches
+        (:func:`~defectmap.detectors.neighbors.greedy_cover`): patches the bank already
+        covers are never added, and picking stops once every new patch is within ``radius``
+        of the bank. Since a map is a smoothed upsampling of the patch distances, none of
+        these images then has a map value above ``radius``; pass the calibrated pixel
+        threshold to make them free of predicted defects. The detector's other state and
+        its parameters are unchanged; recalibrate afterwards (validation scores can only
+        fall).
+
+        Parameters
+        ----------
+        images : defect-free images (uint8 arrays (H, W[, 3]) or paths).
+        radius : largest distance left between a new patch and the bank (> 0); None adds
+            every patch the bank does not already hold.
+        progress : reports the feature extraction (see :mod:`defectmap.progress`).
+
+        Returns
+        -------
+        int
+            Number of patches added (0 when the bank already covered every new patch).
+        """
+        self._check_fitted()
+        if radius is not None and not radius > 0:
+            raise ValueError(f"radius must be > 0, got {radius}")
+        if len(images) == 0:
+            return 0
+        with torch.inference_mode():
+            patches = torch.cat([
+                emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])
+                for emb in self._extract(images, _FIT_BATCH, "PatchCore features", self._embed,
+                                         progress)
+            ])
+            start = self.index_.search(patches, 1)[0][:, 0]
+            keep = greedy_cover(patches, start, 0.0 if radius is None else radius)
+            if keep.size:
+                self.memory_bank_ = torch.cat(
+                    [self.memory_bank_, patches[torch.from_numpy(keep)]]).contiguous()
+                self.index_ = NearestNeighborIndex(self.memory_bank_)
+        return int(keep.size)
 
     def _predict_batch(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         emb = self._embed(features)
