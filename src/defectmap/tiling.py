@@ -10,7 +10,8 @@ the maximum of that stitched map.
 
 Grid (:func:`tile_starts`): along each axis of length ``L``, ``n = ceil((L - t) / (t (1 -
 r))) + 1`` tiles of side ``t`` are spread evenly from 0 to ``L - t`` (rounded), so
-neighbours overlap by at least ``r t`` pixels and the last tile ends on the border. An axis
+neighbours overlap by at least ``r t`` pixels (less one for the rounding) and the last tile
+ends on the border. An axis
 shorter than the tile gets one tile of the axis's length (the detector then sees a
 non-square crop, which it resizes to its square input like any image).
 
@@ -30,8 +31,9 @@ number of tiles, as it does with the number of images.
 
 Images are read with the project's pixel limit, :data:`~defectmap.constants.MAX_IMAGE_PIXELS`
 (64 Mpx: 8000 x 8000 fits; larger files are refused with the reader's one-line error).
-Peak memory per image is about 3 bytes (RGB) + 4 bytes (map) per pixel: ~120 MB at
-4096 x 4096.
+Held while one image is scored (counted, not measured): 3 bytes (RGB) + 4 bytes (map) per
+pixel, ~120 MB at 4096 x 4096, plus the tile maps of one chunk; the maps returned are
+kept, as with any detector.
 
 On disk a tiled model is the wrapped detector's folder with a ``"tiling"`` entry in
 ``model.json`` (:data:`TILING_KEY`); :func:`load_scorer` restores the wrapper, and a folder
