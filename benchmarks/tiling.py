@@ -20,14 +20,17 @@ Usage::
         [--n-test 8] [--resize 320] [--tile 640] [--tile-scale 0.5] [--overlap 0.25]
         [--coreset-ratio 0.01] [--threads 2] [--work DIR] [--json out.json]
 
-``--resize`` and ``--tile`` take several values (one row each). Timings on a shared machine
-are inflated; compare the rows of one run.
+``--resize`` and ``--tile`` take several values (one row each; ``--tile`` with none: no
+tiled row). The last line is the process's peak resident memory, over all rows: run one
+row per process to compare memory. Timings on a shared machine are inflated; compare the
+rows of one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import tempfile
 import time
@@ -157,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
           f"PatchCore coreset {args.coreset_ratio:g}, overlap {args.overlap:g}, "
           f"torch threads {torch.get_num_threads()}")
     print(_table(rows))
+    # Linux reports ru_maxrss in KiB: the peak of the whole process, all rows together.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak resident memory of this process (all rows): {peak:.0f} MiB")
     if args.json is not None:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                          "rows": rows}, indent=2) + "\n")
