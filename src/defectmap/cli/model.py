@@ -1,4 +1,5 @@
-"""CLI commands on models: ``fit``, ``predict``, ``evaluate``, ``benchmark`` and ``demo``.
+"""CLI commands on models: ``fit``, ``recalibrate``, ``predict``, ``evaluate``, ``benchmark``,
+``demo``.
 
 Thin wrappers: parse flags, call :mod:`defectmap.pipeline` and :mod:`defectmap.evaluate`,
 print. Heavy imports (torch) happen inside the commands so that ``--help`` stays fast.
@@ -29,7 +30,9 @@ from defectmap.cli.options import (
 from defectmap.constants import (
     DEFAULT_ALPHA,
     DEFAULT_DETECTOR,
+    DEFAULT_FOLDS,
     DEFAULT_FPR_LIMIT,
+    DEFAULT_PIXEL_FPR,
     DEFAULT_TILE_OVERLAP,
     MAX_INPUT_SIZE,
     MAX_TILE_OVERLAP,
@@ -92,6 +95,20 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else f"{float(value):.3f}"
 
 
+def _print_calibration(cal: Any) -> None:
+    """The operating point in words: threshold, rule, guarantee, pixel threshold, defects."""
+    rule = ("p <= alpha" if cal.decision_rule == "p_value"
+            else "the largest calibration score (too few scores for p <= alpha)")
+    console.print(f"image threshold {cal.image_threshold:.4g} at alpha {cal.alpha:g}, "
+                  f"decided by {rule}", highlight=False)
+    console.print(f"guarantee: {cal.guarantee}", highlight=False, soft_wrap=True)
+    if cal.pixel_threshold is not None:
+        console.print(f"pixel threshold {cal.pixel_threshold:.4g} "
+                      f"(pixel_fpr {cal.pixel_fpr:g})", highlight=False)
+    if cal.miss_estimate is not None:
+        console.print(f"known defects: {cal.miss_estimate}", highlight=False)
+
+
 @app.command(
     "fit",
     epilog="Example: defectmap fit data/mvtec_ad --category bottle --out models/bottle",
@@ -106,10 +123,30 @@ def fit_command(
     backbone: str | None = typer.Option(None, "--backbone", metavar="NAME",
                                         help="Feature backbone."),
     image_size: int | None = image_size_option(),
-    val_ratio: float = ratio_option(0.1, "--val-ratio", low_open=False,
-                                    help="Fraction of train/good held out to calibrate"),
+    param: list[str] | None = typer.Option(
+        None, "--param", metavar="KEY=VALUE", help="Detector parameter (repeatable), e.g. "
+        "coreset_ratio=0.05; keys as in the detector's get_params()."),
+    folds: int | None = count_option(
+        None, "--folds", minimum=2, help=f"Cross-fitted calibration with K folds (the "
+        f"default, K={DEFAULT_FOLDS}): every good image fits the final model"),
+    val_ratio: float | None = ratio_option(
+        None, "--val-ratio", low_open=False, help="Split conformal instead: hold out "
+        "max(--min-val, ceil(ratio x n)) images of train/good to calibrate"),
+    min_val: int = count_option(
+        0, "--min-val", minimum=0, help="With --val-ratio: hold out at least this many "
+        "validation images (default 0: no hidden minimum)"),
+    val_dir: Path | None = typer.Option(
+        None, "--val-dir", metavar="DIR", help="Split conformal on a separate folder of good "
+        "images; all of train/good fits. Layouts with their own validation/good split "
+        "(MVTec LOCO AD, MVTec AD 2) calibrate on it by default (--folds cross-fits)."),
     alpha: float = ratio_option(DEFAULT_ALPHA, "--alpha", help="Target false-alarm rate"),
-    seed: int = seed_option(),
+    pixel_fpr: float = ratio_option(DEFAULT_PIXEL_FPR, "--pixel-fpr",
+                                    help="Target fraction of good pixels flagged"),
+    defects: Path | None = typer.Option(
+        None, "--defects", metavar="DIR", help="Folder of known defective images: only "
+        "scored, to report the miss rate at the threshold (never fitted, never moves the "
+        "threshold)."),
+    seed: int = seed_option(help="random_state of the folds/split and the fit."),
     tile: int | None = tile_option(),
     tile_overlap: float | None = ratio_option(
         None, "--tile-overlap", low=0.0, high=MAX_TILE_OVERLAP, low_open=False,
@@ -126,31 +163,77 @@ def fit_command(
 ) -> None:
     """Train a detector on the good training images and calibrate its thresholds.
 
+    Calibration is cross-fitted by default (split conformal on the dataset's own
+    validation/good images when its layout has them); --val-ratio or --val-dir switch to
+    split conformal.
+
     With --tile, the model works on overlapping tiles of large images (see the README's
     "Tiling for large images"); predict, evaluate and serve then tile too.
     """
     from defectmap.data.layouts import load_category
+    from defectmap.data.mvtec import list_images
+    from defectmap.detectors import parse_params
     from defectmap.pipeline import train_model
 
-    params = _detector_params(backbone, image_size)
+    chosen = [flag for flag, given in (("--folds", folds is not None),
+                                       ("--val-ratio", val_ratio is not None),
+                                       ("--val-dir", val_dir is not None)) if given]
+    if len(chosen) > 1:
+        raise CliUsageError(f"{' and '.join(chosen)} are different calibrations: give one")
+    if min_val and val_ratio is None:
+        raise CliUsageError("--min-val applies to a validation split: give --val-ratio too")
+    params = {**parse_params(detector, param or []), **_detector_params(backbone, image_size)}
     tile_size, overlap = _tiling(tile, tile_overlap, tile_scale, params)
+    val_images = None if val_dir is None else list_images(val_dir, "validation folder")
+    defect_images = None if defects is None else list_images(defects, "defects folder")
     data = load_category(dataset_root, category)
     start = time.perf_counter()
     with _warnings_as_lines(), progress_display() as progress:
         model = train_model(data, out, detector=detector, detector_params=params,
-                            val_ratio=val_ratio, alpha=alpha, random_state=seed,
+                            val_ratio=val_ratio, min_val=min_val, alpha=alpha,
+                            random_state=seed, n_folds=folds, pixel_fpr=pixel_fpr,
+                            validation_images=val_images, defect_images=defect_images,
                             tile_size=tile_size, tile_overlap=overlap, progress=progress)
     seconds = time.perf_counter() - start
-    cal = model.calibration
+    info = model.info
     tiled = "" if tile_size is None else \
-        f", tiles of {tile_size} px at {params['input_size']} px network input"
-    console.print(f"trained [bold]{escape(detector)}[/bold] on {escape(data.name)} "
-                  f"({len(data.train)} good images{tiled}) in {seconds:.1f} s",
+        f" (tiles of {tile_size} px at a {params['input_size']} px network input)"
+    console.print(f"trained [bold]{escape(detector)}[/bold] on {escape(data.name)}: fitted on "
+                  f"{info['n_fit']} good images{tiled} in {seconds:.1f} s (fit "
+                  f"{info['fit_seconds']:.1f} s, calibration {info['calibrate_seconds']:.1f} s)",
                   highlight=False)
-    if cal is not None:
-        console.print(f"image threshold {cal.image_threshold:.4g} (alpha {cal.alpha:g}, "
-                      f"{cal.n_val} validation images)", highlight=False)
+    console.print(f"calibration: {info['calibration_summary']}", markup=False,
+                  highlight=False, soft_wrap=True)
+    if model.calibration is not None:
+        _print_calibration(model.calibration)
     console.print(f"model written to {out}", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command(
+    "recalibrate",
+    epilog="Example: defectmap recalibrate models/bottle --alpha 0.05",
+)
+def recalibrate_command(
+    model_dir: Path = typer.Argument(..., metavar="MODEL_DIR",
+                                     help="Model folder written by `defectmap fit`."),
+    alpha: float | None = ratio_option(None, "--alpha", help="New target false-alarm rate"),
+    pixel_fpr: float | None = ratio_option(
+        None, "--pixel-fpr", help="New pixel rate, one of those stored with the model"),
+    min_region_area: int | None = count_option(
+        None, "--min-region-area", help="Smallest predicted region kept, in pixels"),
+) -> None:
+    """Move a model's operating point without refitting (rewrites calibration.json)."""
+    from defectmap.pipeline import recalibrate
+
+    if alpha is None and pixel_fpr is None and min_region_area is None:
+        raise CliUsageError("nothing to change: give --alpha, --pixel-fpr or "
+                            "--min-region-area")
+    with _warnings_as_lines():
+        cal = recalibrate(model_dir, alpha=alpha, pixel_fpr=pixel_fpr,
+                          min_region_area=min_region_area)
+    _print_calibration(cal)
+    console.print(f"calibration written to {Path(model_dir) / 'calibration.json'}",
+                  markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command(
@@ -265,6 +348,29 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
                       markup=False, highlight=False, soft_wrap=True)
 
 
+def _print_operating_points(metrics: dict[str, Any]) -> None:
+    """Each alpha's threshold (good images only) and its test-set rates, beside the oracle."""
+    from rich.table import Table
+
+    points = metrics.get("operating_points")
+    if not points:
+        return
+    table = Table(title="operating points (thresholds from good images; rates on the test set)")
+    for col in ("alpha", "rule", "threshold", "bound", "false-alarm rate", "miss rate"):
+        table.add_column(col, justify="left" if col in ("alpha", "rule") else "right")
+    for p in points:
+        rule = "p <= alpha" if p["decision_rule"] == "p_value" else "largest score"
+        table.add_row(f"{p['alpha']:g}" + (" (model)" if p["chosen"] else ""), rule,
+                      f"{p['threshold']:.4g}", _fmt(p["false_alarm_bound"]),
+                      _fmt(p["false_alarm_rate"]), _fmt(p["miss_rate"]))
+    oracle = metrics.get("oracle") or {}
+    if oracle.get("threshold") is not None:
+        table.add_row("oracle", "uses test labels", f"{oracle['threshold']:.4g}", "-",
+                      _fmt(oracle["false_alarm_rate"]), _fmt(oracle["miss_rate"]),
+                      style="dim")
+    console.print(table)
+
+
 @app.command(
     "evaluate",
     epilog="Example: defectmap evaluate models/bottle data/mvtec_ad --category bottle "
@@ -306,6 +412,7 @@ def evaluate_command(
                                  progress=progress,
                                  loco_mode="official" if loco_official else "exact")
     _print_metrics(metrics)
+    _print_operating_points(metrics)
     console.print(f"report: {Path(out) / 'report.html'}", markup=False, highlight=False,
                   soft_wrap=True)
 

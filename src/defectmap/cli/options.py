@@ -46,7 +46,7 @@ def _help(text: str, bounds: str) -> str:
     return f"{text.rstrip('.')}, {bounds}."
 
 
-def count_option(default: int, *names: str, help: str, minimum: int = 1,
+def count_option(default: int | None, *names: str, help: str, minimum: int = 1,
                  maximum: int | None = None) -> Any:
     """An integer count flag, ``>= minimum`` (and ``<= maximum``)."""
     check = _checker(minimum, maximum)

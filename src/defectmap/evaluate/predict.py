@@ -48,8 +48,8 @@ OUTPUT_ENTRIES = (_MARKER, "results.csv", "maps", "overlays")
 
 
 #: Columns of ``results.csv``.
-RESULT_COLUMNS = ("image", "score", "normalized_score", "decision", "p_value", "n_regions",
-                  "map", "overlay")
+RESULT_COLUMNS = ("image", "score", "normalized_score", "decision", "p_value", "decision_rule",
+                  "n_regions", "map", "overlay")
 
 
 def collect_images(
@@ -223,6 +223,7 @@ def predict_to_dir(
                     "normalized_score": _opt_float(result.normalized_score),
                     "decision": result.decision,
                     "p_value": _opt_float(result.p_value),
+                    "decision_rule": result.decision_rule,
                     "n_regions": len(result.regions),
                     "map": f"maps/{name}.tiff" if write_maps else None,
                     "overlay": f"overlays/{name}.png" if write_overlays else None,
