@@ -312,7 +312,11 @@ def test_service_scores_an_upload_with_the_tiled_model(tiled_model: Path, large_
 
     defect = sorted((large_root / "large" / "test" / "spot").glob("*.png"))[0]
     service = InspectionService(tiled_model, db_path=tmp_path / "audit.sqlite")
-    record = service.inspect_upload(defect.read_bytes(), defect.name)
+    try:
+        record, replay = service.inspect_upload(defect.read_bytes(), defect.name)
+    finally:
+        service.close()
+    assert not replay
     expected = load_model(tiled_model).inspect([defect])[0]
     assert (record.width, record.height) == (256, 256)
     assert record.score == pytest.approx(expected.score, rel=1e-6)
