@@ -13,8 +13,8 @@ from pathlib import Path
 import defectmap
 
 ORDER = ["errors", "constants", "files", "progress", "threads", "prediction", "data", "runtime",
-         "metrics", "features", "detectors", "calibrate", "pipeline", "registry", "export",
-         "report", "evaluate", "distributed", "serve", "feedback", "demo", "cli"]
+         "metrics", "features", "detectors", "tiling", "calibrate", "pipeline", "registry",
+         "export", "report", "evaluate", "distributed", "serve", "feedback", "demo", "cli"]
 PACKAGE = Path(defectmap.__file__).parent
 
 

@@ -10,6 +10,12 @@ DEFAULT_DETECTOR: Final = "patchcore"
 MIN_INPUT_SIZE: Final = 32
 #: Largest side of the square network input accepted on the command line (a typo guard).
 MAX_INPUT_SIZE: Final = 2048
+#: Default overlap of neighbouring tiles in tiling mode, a fraction of the tile side.
+DEFAULT_TILE_OVERLAP: Final = 0.25
+#: Largest tile overlap accepted (at 0.75 every pixel is already seen by ~16 tiles).
+MAX_TILE_OVERLAP: Final = 0.75
+#: Largest tile side in native pixels accepted on the command line (a typo guard).
+MAX_TILE_SIZE: Final = 8192
 #: Target false-alarm rate of the calibrated image threshold.
 DEFAULT_ALPHA: Final = 0.01
 #: Target fraction of good validation pixels above the calibrated pixel threshold.

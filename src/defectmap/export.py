@@ -52,6 +52,7 @@ from defectmap.features.preprocess import preprocess
 from defectmap.files import make_temp_dir
 from defectmap.progress import ProgressCallback, track
 from defectmap.runtime.manifest import write_manifest
+from defectmap.tiling import TiledDetector
 
 __all__ = [
     "BANK_CHUNK_ROWS",
@@ -444,6 +445,10 @@ def export_model(
         # ModelFileError for a missing, corrupt or unfitted model
         model = load_model(source, runtime="torch")
     detector = model.detector
+    if isinstance(detector, TiledDetector):
+        raise ExportError(f"{source}: a tiled model (tiling mode) cannot be exported: the "
+                          "graph scores one network input, not the tiles and their stitching; "
+                          "run it with the torch runtime")
     assert isinstance(detector, Detector)  # the torch runtime loads a detector
     if not out.parent.is_dir():
         raise ExportError(f"{out.parent}: parent folder does not exist")

@@ -214,7 +214,7 @@ def update_model(
     FeedbackError
         No confirmed-good or confirmed-defect image, no calibration, or no validation images.
     """
-    from defectmap.detectors import load_detector
+    from defectmap.tiling import load_scorer
 
     registry = Registry(source) if is_registry(source) else None
     parent_version = None
@@ -239,7 +239,7 @@ def update_model(
 
     val_paths = [Path(p) for p in validation] if validation is not None else \
         validation_images(old)
-    detector = load_detector(model_dir)
+    detector = load_scorer(model_dir)  # a tiled model stays tiled (tiles are added)
     calibration = cal
     added_patches = rounds = 0
     pending = [h.path for h in false_alarms]

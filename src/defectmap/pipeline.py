@@ -7,7 +7,8 @@ or a validation split or folder (see :mod:`defectmap.calibrate`). It writes one 
 directory::
 
     out_dir/
-      model.json            detector name, params, package version, non-array state
+      model.json            detector name, params, package version, non-array state,
+                            tiling parameters (tiling mode, see :mod:`defectmap.tiling`)
       weights.safetensors   the detector's learned arrays
       calibration.json      thresholds, alpha, calibration scores and statistics
       training.json         category, dataset root, the calibration rule in words, fit and
@@ -56,7 +57,13 @@ from defectmap.calibrate import (
     split_validation,
 )
 from defectmap.calibrate.conformal import check_fraction
-from defectmap.constants import DEFAULT_ALPHA, DEFAULT_DETECTOR, DEFAULT_FOLDS, DEFAULT_PIXEL_FPR
+from defectmap.constants import (
+    DEFAULT_ALPHA,
+    DEFAULT_DETECTOR,
+    DEFAULT_FOLDS,
+    DEFAULT_PIXEL_FPR,
+    DEFAULT_TILE_OVERLAP,
+)
 from defectmap.data.io import ImageInfo, check_images
 from defectmap.data.profile import ImageProfile
 from defectmap.data.records import CategoryData, Sample
@@ -67,6 +74,8 @@ from defectmap.progress import ProgressCallback
 
 if TYPE_CHECKING:
     from defectmap.data.io import ImageInput
+    from defectmap.detectors import Detector
+    from defectmap.tiling import TiledDetector
 
 __all__ = ["MODEL_FILES", "TRAINING_FILE", "Inspection", "InspectionModel", "load_model",
            "recalibrate",
@@ -347,11 +356,11 @@ def _load_once(folder: Path, runtime: str | None, n_threads: int | None) -> Insp
     model_hash = sha256_tree(folder)  # hash first: describes the bytes about to be read
     detector: Scorer
     if runtime == "torch":
-        from defectmap.detectors import load_detector
+        from defectmap.tiling import load_scorer
 
         if is_export_dir(folder):
             read_manifest(folder)  # the torch runtime checks an export's hashes too
-        detector = load_detector(folder)
+        detector = load_scorer(folder)  # a TiledDetector when model.json has "tiling"
     else:
         detector = ExportedModel(folder, runtime=runtime, n_threads=n_threads)
     calibration = Calibration.load(folder) if (folder / CALIBRATION_FILE).exists() else None
@@ -455,6 +464,8 @@ def train_model(
     validation_images: Sequence[str | os.PathLike[str]] | None = None,
     defect_images: Sequence[str | os.PathLike[str]] | None = None,
     batch_size: int = 1,
+    tile_size: int | None = None,
+    tile_overlap: float = DEFAULT_TILE_OVERLAP,
     progress: ProgressCallback | None = None,
 ) -> InspectionModel:
     """Fit a detector on good training images, calibrate it on good images it did not see.
@@ -492,7 +503,12 @@ def train_model(
         final detector to report the miss rate at the threshold with a Clopper-Pearson
         interval (:mod:`defectmap.calibrate.misses`); they never fit a model and never move
         the threshold.
-    batch_size : images per forward pass when scoring calibration and defect images.
+    batch_size : images per forward pass when scoring calibration and defect images (tiles
+        per pass in tiling mode).
+    tile_size : tiling mode (see :mod:`defectmap.tiling`): the detector (and every fold
+        model) fits on and scores overlapping tiles of this side in native pixels, resized
+        to its ``input_size``; maps are stitched at native size. None: whole images, resized.
+    tile_overlap : smallest overlap of neighbouring tiles, a fraction of ``tile_size``.
     progress : reports ``(task, done, total)`` of the checks, fits and the scoring
         (see :mod:`defectmap.progress`).
 
@@ -510,14 +526,18 @@ def train_model(
     DefectmapError : ``out_dir`` exists and is not a model directory, or holds other files.
     UnknownDetectorError, DefectmapError : unknown detector name or parameter (see
         :func:`~defectmap.detectors.build_detector`).
+    TilingError : invalid ``tile_size`` or ``tile_overlap``.
     """
     from defectmap.detectors import build_detector, create_detector
+    from defectmap.tiling import TiledDetector, check_tiling
 
     started_at = _now()
     out_dir = Path(out_dir)
     check_replaceable(out_dir, MODEL_FILE, MODEL_FILES)  # fail before the (long) fit
     alpha = check_fraction("alpha", alpha)
     pixel_fpr = check_fraction("pixel_fpr", pixel_fpr)
+    if tile_size is not None:
+        check_tiling(tile_size, tile_overlap)
     good = [s for s in category_data.train if s.label == 0]
     if not good:
         raise DatasetError(f"{category_data.root}: no good training images to fit on")
@@ -533,14 +553,22 @@ def train_model(
     if defects:
         check_images(defects, progress=progress, task="checking known defect images")
     params = dict(detector_params or {})
-    model = build_detector(detector, params)  # __init__ only stores: cheap
-    if "random_state" not in params and "random_state" in model.get_params():
+    probe = build_detector(detector, params)  # __init__ only stores: cheap
+    if "random_state" not in params and "random_state" in probe.get_params():
         params["random_state"] = random_state
+    model: Detector | TiledDetector
     maps_rate = max(PIXEL_FPR_GRID[-1], pixel_fpr)
+
+    def make_detector() -> Detector | TiledDetector:
+        built = create_detector(detector, **params)
+        if tile_size is None:
+            return built
+        return TiledDetector(built, tile_size=tile_size, overlap_ratio=tile_overlap)
+
     calibration_info: dict[str, Any] = {"method": method}
     if method == "cross_fit":
         k = DEFAULT_FOLDS if n_folds is None else int(n_folds)
-        result = cross_fit(lambda: create_detector(detector, **params),
+        result = cross_fit(make_detector,
                            [s.path for s in good], k, random_state, batch_size=batch_size,
                            max_pixel_fpr=maps_rate, progress=progress)
         model = result.detector
@@ -551,7 +579,7 @@ def train_model(
                                 folds=[int(f) for f in result.folds])
     else:
         k = None
-        model = create_detector(detector, **params)
+        model = make_detector()
         fit_start = time.perf_counter()
         model.fit([s.path for s in fit_samples], progress=progress)
         fit_seconds = time.perf_counter() - fit_start

@@ -27,6 +27,7 @@ from defectmap.cli.options import (
     ratio_option,
     seed_option,
     seeds_option,
+    tile_option,
 )
 from defectmap.constants import (
     DEFAULT_ALPHA,
@@ -34,6 +35,10 @@ from defectmap.constants import (
     DEFAULT_FOLDS,
     DEFAULT_FPR_LIMIT,
     DEFAULT_PIXEL_FPR,
+    DEFAULT_TILE_OVERLAP,
+    MAX_INPUT_SIZE,
+    MAX_TILE_OVERLAP,
+    MIN_INPUT_SIZE,
 )
 from defectmap.errors import DefectmapError
 
@@ -45,6 +50,30 @@ def _detector_params(backbone: str | None, image_size: int | None) -> dict[str, 
     if image_size is not None:
         params["input_size"] = image_size
     return params
+
+
+def _tiling(tile: int | None, overlap: float | None, scale: float | None,
+            params: dict[str, Any]) -> tuple[int | None, float]:
+    """Check the tiling flags; set ``params["input_size"]`` from --tile-scale.
+
+    The network input of a tile is ``round(tile * scale)`` pixels (scale 1 by default) unless
+    --image-size gives it.
+    """
+    if tile is None:
+        if overlap is not None or scale is not None:
+            raise CliUsageError("--tile-overlap and --tile-scale need --tile SIZE")
+        return None, DEFAULT_TILE_OVERLAP
+    if scale is not None and "input_size" in params:
+        raise CliUsageError("give --image-size or --tile-scale, not both (the network input "
+                            "of a tile is SIZE x scale)")
+    if "input_size" not in params:
+        size = round(tile * (1.0 if scale is None else scale))
+        if not MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE:
+            raise CliUsageError(f"--tile {tile} at --tile-scale {scale:g} gives a {size} px "
+                                f"network input; it must be {MIN_INPUT_SIZE} to "
+                                f"{MAX_INPUT_SIZE}")
+        params["input_size"] = size
+    return tile, DEFAULT_TILE_OVERLAP if overlap is None else overlap
 
 
 @contextmanager
@@ -120,6 +149,16 @@ def fit_command(
         "scored, to report the miss rate at the threshold (never fitted, never moves the "
         "threshold)."),
     seed: int = seed_option(help="random_state of the folds/split and the fit."),
+    tile: int | None = tile_option(),
+    tile_overlap: float | None = ratio_option(
+        None, "--tile-overlap", low=0.0, high=MAX_TILE_OVERLAP, low_open=False,
+        high_open=False,
+        help=f"Smallest overlap of neighbouring tiles, a fraction of SIZE (default "
+        f"{DEFAULT_TILE_OVERLAP:g}; needs --tile)"),
+    tile_scale: float | None = ratio_option(
+        None, "--tile-scale", low=0.0, high=4.0, high_open=False,
+        help="Network pixels per native pixel of a tile: each tile is resized to "
+        "SIZE x scale (default 1; needs --tile; excludes --image-size)"),
     out: Path = typer.Option(..., "--out", "-o", metavar="DIR",
                              help="Model folder to write (a model folder is replaced whole; "
                              "a folder holding other files is refused)."),
@@ -129,6 +168,9 @@ def fit_command(
     Calibration is cross-fitted by default (split conformal on the dataset's own
     validation/good images when its layout has them); --val-ratio or --val-dir switch to
     split conformal.
+
+    With --tile, the model works on overlapping tiles of large images (see the README's
+    "Tiling for large images"); predict, evaluate and serve then tile too.
     """
     from defectmap.data.layouts import load_category
     from defectmap.data.mvtec import list_images
@@ -143,6 +185,7 @@ def fit_command(
     if min_val and val_ratio is None:
         raise CliUsageError("--min-val applies to a validation split: give --val-ratio too")
     params = {**parse_params(detector, param or []), **_detector_params(backbone, image_size)}
+    tile_size, overlap = _tiling(tile, tile_overlap, tile_scale, params)
     val_images = None if val_dir is None else list_images(val_dir, "validation folder")
     defect_images = None if defects is None else list_images(defects, "defects folder")
     data = load_category(dataset_root, category)
@@ -152,11 +195,13 @@ def fit_command(
                             val_ratio=val_ratio, min_val=min_val, alpha=alpha,
                             random_state=seed, n_folds=folds, pixel_fpr=pixel_fpr,
                             validation_images=val_images, defect_images=defect_images,
-                            progress=progress)
+                            tile_size=tile_size, tile_overlap=overlap, progress=progress)
     seconds = time.perf_counter() - start
     info = model.info
+    tiled = "" if tile_size is None else \
+        f" (tiles of {tile_size} px at a {params['input_size']} px network input)"
     console.print(f"trained [bold]{escape(detector)}[/bold] on {escape(data.name)}: fitted on "
-                  f"{info['n_fit']} good images in {seconds:.1f} s (fit "
+                  f"{info['n_fit']} good images{tiled} in {seconds:.1f} s (fit "
                   f"{info['fit_seconds']:.1f} s, calibration {info['calibrate_seconds']:.1f} s)",
                   highlight=False)
     console.print(f"calibration: {info['calibration_summary']}", markup=False,

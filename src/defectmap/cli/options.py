@@ -11,10 +11,10 @@ from typing import Any
 
 import typer
 
-from defectmap.constants import MAX_INPUT_SIZE, MIN_INPUT_SIZE
+from defectmap.constants import MAX_INPUT_SIZE, MAX_TILE_SIZE, MIN_INPUT_SIZE
 
 __all__ = ["count_option", "image_size_option", "port_option", "ratio_option", "seed_option",
-           "seeds_option"]
+           "seeds_option", "tile_option"]
 
 
 def _bounds(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
@@ -86,6 +86,16 @@ def image_size_option() -> Any:
         None, "--image-size", callback=_checker(MIN_INPUT_SIZE, MAX_INPUT_SIZE),
         help=f"Side of the square network input, pixels ({MIN_INPUT_SIZE} to "
         f"{MAX_INPUT_SIZE}; default: the detector's).",
+    )
+
+
+def tile_option() -> Any:
+    """``--tile``: tiling mode's tile side in native pixels (None: no tiling)."""
+    return typer.Option(
+        None, "--tile", metavar="SIZE", callback=_checker(MIN_INPUT_SIZE, MAX_TILE_SIZE),
+        help=f"Tiling mode for large images: fit and score overlapping SIZE x SIZE tiles "
+        f"(native pixels), maps stitched at native size ({MIN_INPUT_SIZE} to {MAX_TILE_SIZE}; "
+        "default: no tiling, whole images resized).",
     )
 
 

@@ -3,8 +3,8 @@
 The most used names are re-exported here: :func:`load_category` and :func:`list_categories`
 read every layout (MVTec AD, MVTec LOCO AD, MVTec AD 2, VisA, Real-IAD, plain folders; see
 :mod:`defectmap.data.layouts`). :mod:`defectmap.data.check`, :mod:`defectmap.data.synth`,
-:mod:`defectmap.data.synth_layouts` and :mod:`defectmap.data.download` are imported on
-demand.
+:mod:`defectmap.data.synth_layouts`, :mod:`defectmap.data.synth_large` and
+:mod:`defectmap.data.download` are imported on demand.
 """
 
 from defectmap.data.io import decode_image, image_size, read_image, read_mask

@@ -406,9 +406,10 @@ def render_defects(
     return normal, _finish(current, noise), masks
 
 
-def _save_png(array: np.ndarray, path: Path) -> None:
+def _save_png(array: np.ndarray, path: Path, compress_level: int = 6) -> None:
+    """Write a PNG (zlib level 6, Pillow's default; 1 is ~3x faster for large images)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, format="PNG")
+    Image.fromarray(array).save(path, format="PNG", compress_level=compress_level)
 
 
 def make_synthetic_dataset(
