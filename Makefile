@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Everything the tests need: training (torch), export, both deployment runtimes, dev tools.
+EXTRAS := train,export,runtime,openvino,dev,lite12,faiss
 SHELL  := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
@@ -10,9 +12,9 @@ SHELL  := /bin/bash
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --progress-bar off -c constraints.txt -e '.[dev,lite12,faiss]' 2>&1 \
+	$(PY) -m pip install -q --progress-bar off -c constraints.txt -e '.[$(EXTRAS)]' 2>&1 \
 	  | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
-	$(PY) -c 'import defectmap, torch, timm, torchvision'
+	$(PY) -c 'import defectmap, torch, timm, torchvision, onnxscript, onnxruntime, openvino'
 	touch $(STAMP)
 
 demo: $(STAMP)

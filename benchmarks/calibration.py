@@ -42,15 +42,11 @@ def main() -> None:
                         help="npz file to store / reuse the detector's predictions")
     args = parser.parse_args()
 
-    from defectmap.calibrate import (
-        CalibrationWarning,
-        fit_calibration,
-        operating_point_metrics,
-        split_validation,
-    )
+    from defectmap.calibrate import CalibrationWarning, fit_calibration, split_validation
     from defectmap.data.io import read_mask
     from defectmap.data.mvtec import load_category
     from defectmap.detectors import Prediction, create_detector
+    from defectmap.evaluate.operating import operating_point_metrics
 
     data = load_category(args.root)
     fit_samples, val_samples = split_validation(data.train, 0.1, 10, random_state=0)

@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DEFECTMAP_SHARED", REPO.parent / "shared"))
 BOTTLE_DATA = SHARED / "data" / "mvtec_ad"
 METRIC_FIXTURES = SHARED / "fixtures" / "metrics"
+LOCO_FIXTURES = SHARED / "fixtures" / "loco"
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +48,11 @@ def metric_fixtures() -> Path:
     if not (METRIC_FIXTURES / "bottle_225.npz").is_file():
         pytest.skip(f"metric reference fixtures not found at {METRIC_FIXTURES}")
     return METRIC_FIXTURES
+
+
+@pytest.fixture(scope="session")
+def loco_fixture() -> Path:
+    """MVTec LOCO AD layout with values from the official LOCO code; skips when missing."""
+    if not (LOCO_FIXTURES / "reference.json").is_file():
+        pytest.skip(f"LOCO reference fixture not found at {LOCO_FIXTURES}")
+    return LOCO_FIXTURES

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from defectmap import metrics
 from defectmap.calibrate import (
     CALIBRATION_FILE,
     Calibration,
@@ -19,10 +20,10 @@ from defectmap.calibrate import (
     conformal_rank,
     fit_calibration,
     min_validation_size,
-    operating_point_metrics,
     split_validation,
 )
 from defectmap.errors import DefectmapError, ModelFileError
+from defectmap.evaluate.operating import operating_point_metrics
 
 # ----------------------------------------------------------------------------- splitting
 
@@ -215,9 +216,10 @@ def test_normalize_monotone_and_half_at_threshold() -> None:
 
 def test_normalize_constant_validation_scores() -> None:
     cal = fit_calibration(np.full(20, 3.0), alpha=0.1)
-    assert cal.image_scale > 0
+    assert cal.image_scale == 3.0  # MAD and std are 0: the fallback is |threshold|
     u = cal.normalize([2.0, 3.0, 3.0001, 4.0])
     assert u[1] == 0.5 and np.all(np.diff(u) > 0)
+    assert u[3] == 1.0 - 0.5 / (1.0 + 1.0 / 3.0)  # x = (4 - 3) / 3
 
 
 def test_normalized_maps_keep_every_pixel_order() -> None:
@@ -232,7 +234,6 @@ def test_normalized_maps_keep_every_pixel_order() -> None:
 
 
 def test_ranking_metrics_identical_on_normalized_scores_and_maps() -> None:
-    metrics = pytest.importorskip("defectmap.metrics")
     maps, masks = _smooth_maps(16, 48, seed=5)
     labels = np.array([int(m.any()) for m in masks])
     scores = np.array([m.max() for m in maps], dtype=np.float32)
@@ -293,7 +294,6 @@ def test_load_rejects_bad_files(tmp_path) -> None:
 
 
 def test_operating_point_metrics_closed_form() -> None:
-    pytest.importorskip("defectmap.metrics")
     cal = _calibration_with_pixel_threshold(0.5)  # image threshold = 1.0 (k = ceil(4*0.5) = 2)
     assert cal.image_threshold == 1.0
     scores = np.array([0.2, 0.8, 1.5, 0.9, 1.2, 3.0])

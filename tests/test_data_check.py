@@ -188,3 +188,83 @@ def test_real_bottle_copy_with_truncated_image_and_deleted_mask(bottle_root, tmp
     assert ("unreadable_image", "test/broken_large/000.png") in named
     assert ("mask_missing", "ground_truth/broken_large/001_mask.png") in named
     assert any("test/broken_large/001.png" in p["message"] for p in problems)
+
+
+# --------------------------------------------------------------------------- other layouts
+def test_every_layout_is_checked_with_its_own_rules(tmp_path):
+    from defectmap.data.synth_layouts import make_layout_dataset
+
+    for layout in ("loco", "mvtec_ad2", "visa", "realiad"):
+        make_layout_dataset(layout, tmp_path / layout, category="c1", size=48)
+        report = check_dataset(tmp_path / layout)
+        (cat,) = report.categories
+        assert report.ok, (layout, report.problems)
+        assert cat.layout == layout and not cat.official and cat.n_masks > 0
+    visa = check_dataset(tmp_path / "visa").categories[0]
+    assert visa.n_masks == 4 and visa.n_regions >= 4  # class-index masks: not "not binary"
+    loco = check_dataset(tmp_path / "loco").categories[0]
+    assert loco.counts == {"train/good": 12, "validation/good": 4, "test/good": 4,
+                           "test/logical_anomalies": 4, "test/structural_anomalies": 4}
+    assert loco.n_masks == loco.n_regions == 12  # one defect per mask file
+    ad2 = check_dataset(tmp_path / "mvtec_ad2" / "c1").categories[0]
+    assert ad2.counts["test_private"] == ad2.counts["test_private_mixed"] == 4
+
+
+def test_loco_unknown_mask_value_and_official_counts(tmp_path, capsys):
+    from defectmap.data.synth_layouts import make_loco_dataset
+
+    folder = make_loco_dataset(tmp_path, "pushpins", n_train=2, n_validation=1, n_good=1,
+                               n_logical=1, n_structural=1, size=48)
+    mask = folder / "ground_truth/logical_anomalies/000/000.png"
+    values = np.asarray(Image.open(mask)).copy()
+    values[values > 0] = 7
+    Image.fromarray(values).save(mask)
+    report = check_dataset(tmp_path)
+    unknown = "pushpins/ground_truth/logical_anomalies/000/000.png"
+    assert _kinds(report)["mask_unknown_value"] == [unknown]
+    (cat,) = report.categories
+    assert cat.official and cat.official_counts()["test/logical_anomalies"] == 91
+    mismatch = {p.path.relative_to(tmp_path).as_posix(): p.message for p in report.problems
+                if p.kind == "count_mismatch"}
+    assert mismatch["pushpins/validation/good"] == \
+        "1 validation images, official MVTec LOCO AD count is 69"
+    assert run_app(["data", "check", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "MVTec LOCO AD layout, official" in out and "mask_unknown_value" in out
+
+
+def test_mixed_modes_within_a_category_are_reported(synthetic_root, tmp_path, capsys):
+    f = _copy(synthetic_root, tmp_path)
+    for rel in ("train/good/004.png", "test/good/001.png"):  # 2 gray among 40 colour
+        Image.open(f / rel).convert("L").save(f / rel)
+    report = check_dataset(f)
+    assert _kinds(report) == {"mixed_modes": ["test/good/001.png", "train/good/004.png"]}
+    assert report.problems[0].message == (
+        "grayscale image among colour images of this category (38 colour, 2 grayscale)")
+    assert report.categories[0].image_modes == {"RGB": 38, "L": 2}
+    gray = _copy(synthetic_root, tmp_path, "gray")  # all gray: consistent, no problem
+    for path in gray.rglob("*.png"):
+        if "ground_truth" not in path.parts:
+            Image.open(path).convert("L").save(path)
+    assert check_dataset(gray).ok
+    assert run_app(["data", "check", str(f)]) == 1
+    assert "mixed_modes" in capsys.readouterr().out
+
+
+def test_problem_lines_name_each_path_once(synthetic_root, tmp_path, capsys):
+    f = _copy(synthetic_root, tmp_path)
+    _truncate(f / "train/good/003.png")
+    (f / "test/good/002.png").write_text("not an image")
+    _truncate(f / "ground_truth/scratch/001_mask.png")
+    report = check_dataset(f)
+    assert sorted((p.kind, p.path.name) for p in report.problems) == [
+        ("unreadable_image", "002.png"), ("unreadable_image", "003.png"),
+        ("unreadable_mask", "001_mask.png")]
+    for problem in report.problems:
+        assert str(problem.path) not in problem.message
+    assert run_app(["data", "check", str(f)]) == 1
+    lines = [line for line in capsys.readouterr().out.splitlines() if "unreadable" in line]
+    assert len(lines) == 3
+    for line in lines:
+        path = line.split()[1].rstrip(":")
+        assert line.count(path) == 1 and line.count(Path(path).name) == 1, line

@@ -17,9 +17,22 @@ import pytest
 from PIL import Image
 
 from defectmap.cli._common import run_app
-from defectmap.constants import MVTEC_CATEGORIES
-from defectmap.data.download import MVTEC_ARCHIVES, Archive, download_mvtec
+from defectmap.constants import (
+    LOCO_CATEGORIES,
+    MVTEC_AD2_CATEGORIES,
+    MVTEC_CATEGORIES,
+    VISA_CATEGORIES,
+)
+from defectmap.data import layouts
+from defectmap.data.download import (
+    DATASETS,
+    MVTEC_ARCHIVES,
+    Archive,
+    download_dataset,
+    download_mvtec,
+)
 from defectmap.data.mvtec import load_category
+from defectmap.data.synth_layouts import make_loco_dataset, make_visa_dataset
 from defectmap.errors import DatasetError, OfflineError
 
 
@@ -224,3 +237,67 @@ def test_cli_download_with_manifest_file(server, tmp_path, capsys):
     manifest.write_text("{not json")
     assert run_app(["data", "download", str(root), "--manifest", str(manifest)]) == 1
     assert "invalid download manifest" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- other datasets
+def _tar_folder(base: Path, names: list[str], prefix: str = "") -> bytes:
+    """A tar.xz of ``base/<name>`` for each name, under an optional wrapping folder."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:xz") as tar:
+        for name in names:
+            tar.add(base / name, arcname=f"{prefix}{name}")
+    return buf.getvalue()
+
+
+def test_dataset_tables_have_published_checksums():
+    expected = {"mvtec_ad": MVTEC_CATEGORIES, "loco": LOCO_CATEGORIES,
+                "mvtec_ad2": MVTEC_AD2_CATEGORIES, "visa": VISA_CATEGORIES}
+    for name, table in DATASETS.items():
+        full = table["all"]
+        assert full.categories == expected[name]
+        assert full.url.startswith("https://") and full.url.endswith(full.filename)
+        assert full.sha256 is not None and len(full.sha256) == 64
+        int(full.sha256, 16)
+    assert DATASETS["visa"]["all"].extra == ("split_csv", "LICENSE-DATASET")
+
+
+def test_loco_archive_wrapped_in_a_top_folder(server, tmp_path):
+    src = tmp_path / "src"
+    make_loco_dataset(src, "pushpins", n_train=2, n_validation=1, n_good=1, n_logical=1,
+                      n_structural=1, size=32)
+    make_loco_dataset(src, "screw_bag", n_train=1, n_validation=1, n_good=1, n_logical=1,
+                      n_structural=1, size=32)
+    data = _tar_folder(src, ["pushpins", "screw_bag"], prefix="mvtec_loco_anomaly_detection/")
+    server.files["/loco.tar.xz"] = data
+    table = {"all": Archive("loco.tar.xz", f"{server.url}/loco.tar.xz",
+                            hashlib.sha256(data).hexdigest(), ("pushpins", "screw_bag"))}
+    root = tmp_path / "loco"
+    (folder,) = download_dataset("loco", root, ["pushpins"], manifest=table)
+    assert folder == root / "pushpins" and sorted(p.name for p in root.iterdir()) == ["pushpins"]
+    loaded = layouts.load_category(root, "pushpins")
+    assert loaded.layout == "loco" and len(loaded.validation) == 1 and len(loaded.test) == 3
+
+
+def test_visa_archive_brings_its_split_files(server, tmp_path):
+    src = tmp_path / "src"
+    make_visa_dataset(src, "pcb1", n_train=3, n_good=1, n_bad=1, size=32)
+    (src / "LICENSE-DATASET").write_text("CC BY 4.0")
+    data = _tar_folder(src, ["pcb1", "split_csv", "LICENSE-DATASET"])
+    server.files["/VisA.tar"] = data
+    table = {"all": Archive("VisA.tar", f"{server.url}/VisA.tar", hashlib.sha256(data).hexdigest(),
+                            ("pcb1", "pcb2"), extra=("split_csv", "LICENSE-DATASET"))}
+    root = tmp_path / "visa"
+    download_dataset("visa", root, ["pcb1"], manifest=table)
+    assert sorted(p.name for p in root.iterdir()) == ["LICENSE-DATASET", "pcb1", "split_csv"]
+    assert len(layouts.load_category(root, "pcb1").train) == 3
+    n = len(server.requests)
+    download_dataset("visa", root, ["pcb1"], manifest=table)  # present: nothing fetched
+    assert len(server.requests) == n
+
+
+def test_realiad_and_unknown_datasets_are_refused(tmp_path):
+    with pytest.raises(DatasetError, match="Real-IAD is distributed by its authors on request"):
+        download_dataset("realiad", tmp_path)
+    with pytest.raises(DatasetError, match="unknown dataset 'mvtec3d'"):
+        download_dataset("mvtec3d", tmp_path)
+    assert list(tmp_path.iterdir()) == []

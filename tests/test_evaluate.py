@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import tifffile
 
+from defectmap.calibrate import CalibrationWarning
 from defectmap.data.io import read_mask
 from defectmap.data.mvtec import load_category
 from defectmap.data.records import CategoryData
 from defectmap.errors import DefectmapError
 from defectmap.evaluate import evaluate_model
-from defectmap.metrics import category_metrics
+from defectmap.metrics import category_metrics, image_auroc
 from defectmap.pipeline import InspectionModel, train_model
 
 INPUT_SIZE = 96  # small network input: the whole file runs in seconds
@@ -27,7 +28,7 @@ def trained(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory
             ) -> tuple[CategoryData, InspectionModel]:
     data = load_category(synthetic_root, "synthetic")
     out = tmp_path_factory.mktemp("evaluate") / "model"
-    with pytest.warns(Warning):  # 10 validation images: too few for alpha=0.01
+    with pytest.warns(CalibrationWarning, match="at least 99"):  # 10 images, alpha 0.01
         model = train_model(data, out, detector_params={"input_size": INPUT_SIZE})
     return data, model
 
@@ -92,13 +93,15 @@ def test_metrics_json_matches_a_recomputation_from_the_tiff_maps(
     assert on_disk["oracle"]["label"] == "oracle (uses test labels)"
     assert on_disk["oracle"]["f1"] == pytest.approx(expected["f1_max"])
     assert on_disk["timing"]["fit_s"] == model.info["fit_seconds"]
-    assert on_disk["timing"]["ms_per_image"] > 0
+    timing = on_disk["timing"]
+    assert timing["ms_per_image"] == pytest.approx(1000 * timing["predict_s"] / 16, rel=1e-12)
+    assert 0 < timing["predict_s"]
 
 
 def test_evaluate_maps_reads_the_written_maps(evaluated: tuple[Path, dict[str, Any]],
                                               synthetic_root: Path, capsys) -> None:
     from defectmap.cli._common import run_app
-    from defectmap.evaluate_maps import evaluate_maps_dir
+    from defectmap.evaluate.maps import evaluate_maps_dir
 
     out, metrics = evaluated
     result = evaluate_maps_dir(out / "maps", synthetic_root)
@@ -130,12 +133,12 @@ def test_report_and_figures_are_written(evaluated: tuple[Path, dict[str, Any]]) 
 def test_interrupt_keeps_previous_output_or_leaves_none(
     trained: tuple[CategoryData, InspectionModel], tmp_path: Path, monkeypatch
 ) -> None:
-    import defectmap.evaluate as evaluate
+    import defectmap.evaluate.protocol as protocol
 
     data, model = trained
     small = _small(data)
     calls = {"n": 0}
-    real_write = evaluate._write_tiff
+    real_write = protocol.write_map
 
     def interrupted_write(path: Path, array: np.ndarray) -> None:
         calls["n"] += 1
@@ -147,7 +150,7 @@ def test_interrupt_keeps_previous_output_or_leaves_none(
     (out / "maps").mkdir(parents=True)
     (out / "metrics.json").write_text('{"earlier": true}')
     (out / "maps" / "old.tiff").write_bytes(b"earlier map")
-    monkeypatch.setattr(evaluate, "_write_tiff", interrupted_write)
+    monkeypatch.setattr(protocol, "write_map", interrupted_write)
     with pytest.raises(KeyboardInterrupt):
         evaluate_model(model, small, out, report=False)
     assert calls["n"] == 3
@@ -168,7 +171,9 @@ def test_layout_without_masks_gives_image_metrics_only(
         test=[dataclasses.replace(s, mask_path=None) for s in _small(data).test])
     metrics = evaluate_model(model, no_masks, tmp_path / "eval", max_gallery=2)
     assert metrics["pixel_auroc"] is None and metrics["aupro"] is None
-    assert metrics["image_auroc"] is not None
+    scores = [r.score for r in model.inspect([s.path for s in no_masks.test])]
+    labels = [s.label for s in no_masks.test]
+    assert metrics["image_auroc"] == image_auroc(scores, labels)
     assert not (tmp_path / "eval" / "figures" / "pro.png").exists()
     assert (tmp_path / "eval" / "report.html").exists()
 
@@ -188,7 +193,7 @@ def test_bottle_subset_heatmaps_sit_on_the_defects(bottle_root: Path, tmp_path: 
     good = [s for s in data.test if s.label == 0][:8]
     bad = [s for s in data.test if s.label == 1][::4]  # every 4th: all three defect types
     subset = dataclasses.replace(data, train=data.train[::5], test=good + bad)
-    with pytest.warns(Warning):  # 10 validation images: too few for alpha=0.01
+    with pytest.warns(CalibrationWarning, match="at least 99"):  # 10 images, alpha 0.01
         model = train_model(subset, tmp_path / "model", detector_params={"input_size": 160})
     metrics = evaluate_model(model, subset, tmp_path / "eval", max_gallery=6)
     assert metrics["image_auroc"] > 0.9 and metrics["pixel_auroc"] > 0.9
@@ -205,3 +210,15 @@ def test_bottle_subset_heatmaps_sit_on_the_defects(bottle_root: Path, tmp_path: 
         grown = ndimage.binary_dilation(read_mask(sample.mask_path), iterations=45)
         hits += bool(grown[np.unravel_index(np.argmax(amap), amap.shape)])
     assert hits >= 0.8 * len(bad), f"{hits} of {len(bad)} peaks on the defect"
+
+
+def test_an_earlier_evaluation_holding_other_files_is_not_replaced(
+    trained: tuple[CategoryData, InspectionModel], tmp_path: Path
+) -> None:
+    data, model = trained
+    out = tmp_path / "eval"
+    evaluate_model(model, _small(data), out, report=False, write_maps=False)
+    (out / "my_notes.md").write_text("keep me")
+    with pytest.raises(DefectmapError, match=r"not part of this output \(my_notes\.md\)"):
+        evaluate_model(model, _small(data), out, report=False, write_maps=False)
+    assert (out / "my_notes.md").read_text() == "keep me" and (out / "metrics.json").exists()

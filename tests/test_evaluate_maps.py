@@ -15,7 +15,7 @@ from scipy import ndimage
 from defectmap.cli._common import run_app
 from defectmap.data.io import read_mask
 from defectmap.data.mvtec import load_category
-from defectmap.evaluate_maps import MapFileError, evaluate_maps_dir, read_map
+from defectmap.evaluate.maps import MapFileError, evaluate_maps_dir, read_map
 from defectmap.metrics import category_metrics
 
 
@@ -60,7 +60,9 @@ def test_cli_json_equals_library_metrics(maps_setup, synthetic_root, tmp_path, c
     assert rc == 0, captured.err
     result = json.loads(out.read_text())
     expected = expected_metrics(data, maps, 0.3)
-    assert result["categories"]["synthetic"] == json.loads(json.dumps(expected))
+    assert result["protocol"] == "mvtec_ad"  # chosen from the dataset's layout, and said
+    assert result["categories"]["synthetic"] == json.loads(
+        json.dumps({"protocol": "mvtec_ad", **expected}))
     assert result["mean"]["aupro"] == expected["aupro"]
     assert result["mean"]["image_auroc"] == expected["image_auroc"]
     assert result["warnings"] == []
@@ -94,7 +96,7 @@ def test_npy_and_png_maps_are_read_like_tiff(maps_setup, synthetic_root, tmp_pat
         else:
             tifffile.imwrite(tiff, q)
     got = evaluate_maps_dir(mixed, synthetic_root)["categories"]["synthetic"]
-    assert got == expected_metrics(data, quantised, 0.3)
+    assert got == {"protocol": "mvtec_ad", **expected_metrics(data, quantised, 0.3)}
     png = next((mixed / "synthetic" / "test").rglob("*.png"))
     assert read_map(png).dtype == np.uint16
 
@@ -141,8 +143,8 @@ def test_missing_extra_wrong_size_and_bad_maps(maps_setup, synthetic_root, tmp_p
         read_map(rgb)
     with pytest.raises(MapFileError, match="no maps for category 'nope'"):
         evaluate_maps_dir(bad, synthetic_root, categories=["nope"])
-    assert run_app(["evaluate-maps", str(bad), str(synthetic_root), "--fpr-limit", "1.5"]) == 1
-    assert "fpr_limit must be in (0, 1]" in capsys.readouterr().err
+    assert run_app(["evaluate-maps", str(bad), str(synthetic_root), "--fpr-limit", "1.5"]) == 2
+    assert "'--fpr-limit': must be in (0, 1], got 1.5" in capsys.readouterr().err
 
 
 def test_dataset_without_masks_gives_image_metrics_only(maps_setup, synthetic_root, tmp_path):

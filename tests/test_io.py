@@ -12,8 +12,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from defectmap.data.io import decode_image, image_size, read_image, read_mask
-from defectmap.errors import DefectmapError, ImageReadError
+from defectmap.data.io import decode_image, image_size, probe_image, read_image, read_mask
+from defectmap.errors import DefectmapError, ImageReadError, ImageTooLargeError
 
 
 def _rgb(h: int = 20, w: int = 30) -> np.ndarray:
@@ -126,7 +126,12 @@ def test_pixel_limit_is_checked_on_the_header(tmp_path):
 def test_pillow_decompression_bomb_error_becomes_image_read_error(tmp_path):
     path = _save(np.zeros((10, 10), np.uint8), tmp_path / "huge.png")
     _patch_png_size(path, 100_000, 100_000)  # beyond Pillow's own hard limit
-    with pytest.raises(ImageReadError, match=r"huge\.png: refused, image too large"):
+    with pytest.raises(ImageReadError) as caught:
+        read_image(path)  # Pillow refuses before our check: the message quotes our limit
+    assert str(caught.value) == (
+        f"{path}: refused, image too large: it has 10000000000 pixels, more than the limit "
+        "of 64000000 (possible decompression bomb)")
+    with pytest.raises(ImageReadError, match=r"huge\.png: refused.* Pillow's hard limit of"):
         read_image(path, max_pixels=10**12)  # our limit would allow it: Pillow refuses
 
 
@@ -147,6 +152,20 @@ def test_decode_image_limits(tmp_path):
         decode_image(data, "up.png", max_pixels=599)
     with pytest.raises(ImageReadError, match="up.png"):
         decode_image(data[: len(data) // 2], "up.png")
+
+
+def test_probe_image_reads_only_the_header_of_an_upload(tmp_path):
+    buf = io.BytesIO()
+    Image.fromarray(_rgb()).save(buf, format="JPEG")
+    assert probe_image(buf.getvalue(), "up.jpg") == (30, 20, "RGB", "JPEG")
+    bomb = _save(np.zeros((10, 10), np.uint8), tmp_path / "bomb.png")
+    _patch_png_size(bomb, 9000, 9000)
+    # Too many pixels is its own error class (the service answers 413, not 415).
+    with pytest.raises(ImageTooLargeError, match=r"b\.png: refused.*81000000 pixels"):
+        probe_image(bomb.read_bytes(), "b.png")
+    with pytest.raises(ImageReadError, match="t.txt: not a readable image") as info:
+        probe_image(b"plain text", "t.txt")
+    assert not isinstance(info.value, ImageTooLargeError)
 
 
 def test_read_mask_gray_and_colour(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from defectmap.calibrate import Calibration
 from defectmap.data.mvtec import load_category
 from defectmap.data.records import CategoryData
-from defectmap.errors import ModelFileError
+from defectmap.errors import DefectmapError, ModelFileError
 from defectmap.pipeline import InspectionModel, load_model, train_model
 
 PARAMS = {"input_size": 64, "coreset_ratio": 0.25}
@@ -156,7 +156,7 @@ def test_retrain_replaces_only_when_complete(trained, data, tmp_path, monkeypatc
     not_a_model = tmp_path / "photos"
     not_a_model.mkdir()
     (not_a_model / "holiday.jpg").write_bytes(b"x")
-    with pytest.raises(ModelFileError, match="refusing to replace"):
+    with pytest.raises(DefectmapError, match="refusing to replace"):
         train_model(data, not_a_model, detector_params=PARAMS)
     assert (not_a_model / "holiday.jpg").read_bytes() == b"x"
 
@@ -200,3 +200,46 @@ def test_separate_validation_folder_and_too_few_images(data, tmp_path) -> None:
     assert model.info["n_fit"] == 14 and model.info["n_val"] == 10
     assert model.info["val_stems"] == sorted(f"v{s.stem}" for s in data.train[:10])
     assert model.calibration is not None and model.calibration.n_val == 10
+
+
+RELOAD = r"""
+import hashlib, json, sys
+from defectmap.pipeline import load_model
+model = load_model(sys.argv[1])
+results = model.inspect(json.loads(sys.argv[2]))
+print(json.dumps({
+    "hash": model.model_hash,
+    "detector": type(model.detector).__name__,
+    "scores": [r.score for r in results],
+    "p_values": [r.p_value for r in results],
+    "decisions": [r.decision for r in results],
+    "maps": [hashlib.sha256(r.anomaly_map.tobytes()).hexdigest() for r in results],
+}))
+"""
+
+
+@pytest.mark.parametrize("detector", ["patchcore", "padim"])
+def test_saved_model_reloads_in_a_fresh_process_with_identical_results(
+    detector: str, data: CategoryData, tmp_path: Path
+) -> None:
+    import hashlib
+    import subprocess
+    import sys
+
+    out = tmp_path / detector
+    params = PARAMS if detector == "patchcore" else {"input_size": 64}
+    model = train_model(data, out, detector=detector, detector_params=params, alpha=0.1)
+    paths = [str(s.path) for s in data.test[::3]]
+    expected = model.inspect(paths)
+    # A new interpreter: nothing is shared with this process but the files on disk.
+    proc = subprocess.run([sys.executable, "-c", RELOAD, str(out), json.dumps(paths)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["hash"] == model.model_hash
+    assert got["detector"] == type(model.detector).__name__
+    assert got["scores"] == [r.score for r in expected]
+    assert got["p_values"] == [r.p_value for r in expected]
+    assert got["decisions"] == [r.decision for r in expected]
+    assert got["maps"] == [hashlib.sha256(r.anomaly_map.tobytes()).hexdigest()
+                           for r in expected]

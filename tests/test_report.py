@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import csv
 import io
-import json
 import re
 from pathlib import Path
 
@@ -13,10 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from defectmap.errors import DefectmapError
-from defectmap.evaluate import atomic_output_dir
-from defectmap.files import to_jsonable, write_json
-from defectmap.report import ReportData, figures, select_gallery, write_report
+from defectmap.report import ReportData, figures, render, select_gallery, write_report
 from defectmap.report.table import build_table, to_csv, to_markdown
 
 
@@ -100,15 +96,6 @@ def test_table_mean_markdown_and_csv() -> None:
     assert parsed[3][0] == "mean" and float(parsed[3][1]) == pytest.approx(0.95)
 
 
-def test_to_jsonable_and_write_json_are_strict(tmp_path: Path) -> None:
-    payload = {"a": np.float32(0.25), "b": np.array([1, 2]), "c": float("inf"),
-               "d": Path("x/y"), "e": np.bool_(True)}
-    assert to_jsonable(payload) == {"a": 0.25, "b": [1, 2], "c": None, "d": "x/y", "e": True}
-    write_json(tmp_path / "p.json", payload)
-    assert json.loads((tmp_path / "p.json").read_text())["a"] == 0.25
-    assert list(tmp_path.iterdir()) == [tmp_path / "p.json"]  # no temp file left
-
-
 def test_gallery_panel_downscales_and_draws_contours() -> None:
     image = np.full((400, 200, 3), 128, np.uint8)
     mask = np.zeros((400, 200), bool)
@@ -120,13 +107,13 @@ def test_gallery_panel_downscales_and_draws_contours() -> None:
     assert width == 4 * 50 + 3 * 6
     panel = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))[30:]
     gt_panel = panel[:, 2 * 56: 2 * 56 + 50]
-    assert (gt_panel == figures.GT_COLOUR).all(axis=-1).sum() > 50  # contour drawn
-    assert (panel[:, :50] == figures.GT_COLOUR).all(axis=-1).sum() == 0  # input untouched
+    assert (gt_panel == render.GT_COLOUR).all(axis=-1).sum() > 50  # contour drawn
+    assert (panel[:, :50] == render.GT_COLOUR).all(axis=-1).sum() == 0  # input untouched
     # Predicted panel: the prediction is drawn over the (thinner) ground truth, so where
     # the two coincide only the prediction's colour shows.
     pred_panel = panel[:, 3 * 56: 3 * 56 + 50]
-    assert (pred_panel == figures.PRED_COLOUR).all(axis=-1).sum() > 50
-    assert (pred_panel == figures.GT_COLOUR).all(axis=-1).sum() == 0
+    assert (pred_panel == render.PRED_COLOUR).all(axis=-1).sum() > 50
+    assert (pred_panel == render.GT_COLOUR).all(axis=-1).sum() == 0
 
 
 def test_write_report_is_self_contained(tmp_path: Path) -> None:
@@ -163,34 +150,6 @@ def test_write_report_needs_images_only_for_the_gallery(tmp_path: Path) -> None:
     assert not any(p.name.startswith("gallery") for p in (tmp_path / "out/figures").iterdir())
 
 
-def test_atomic_output_dir_keeps_previous_on_interrupt(tmp_path: Path) -> None:
-    out = tmp_path / "eval"
-    with atomic_output_dir(out) as tmp:
-        (tmp / "metrics.json").write_text('{"v": 1}')
-    assert json.loads((out / "metrics.json").read_text()) == {"v": 1}
-    with pytest.raises(KeyboardInterrupt), atomic_output_dir(out) as tmp:
-        (tmp / "metrics.json").write_text('{"v": 2}')
-        raise KeyboardInterrupt
-    assert json.loads((out / "metrics.json").read_text()) == {"v": 1}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval"]  # no temp folder left
-    with atomic_output_dir(out) as tmp:
-        (tmp / "metrics.json").write_text('{"v": 3}')
-    assert json.loads((out / "metrics.json").read_text()) == {"v": 3}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval"]
-
-
-def test_atomic_output_dir_refuses_unrelated_folder(tmp_path: Path) -> None:
-    precious = tmp_path / "home"
-    precious.mkdir()
-    (precious / "thesis.tex").write_text("do not delete")
-    with pytest.raises(DefectmapError, match="refusing to replace"), atomic_output_dir(precious):
-        pass
-    assert (precious / "thesis.tex").read_text() == "do not delete"
-    (tmp_path / "file").write_text("x")
-    with pytest.raises(DefectmapError, match="not a folder"), atomic_output_dir(tmp_path / "file"):
-        pass
-
-
 def test_table_mean_skips_undefined_values():
     rows = [
         {"category": "a", "detector": "patchcore", "image_auroc": 0.9, "pixel_auroc": float("nan"),
@@ -202,3 +161,20 @@ def test_table_mean_skips_undefined_values():
     assert mean["image_auroc"] == pytest.approx(0.8)
     assert mean["pixel_auroc"] == pytest.approx(0.8)  # the NaN category is left out
     assert mean["aupro"] == pytest.approx(0.5)
+
+
+def test_report_without_masks_has_no_ground_truth_panel(tmp_path: Path) -> None:
+    """A dataset without masks (the plain good/ + defect/ layout): three panels, and the key
+    does not announce a ground truth that is not there (issue 12.12)."""
+    data = fake_report_data(tmp_path / "images_in")
+    data.masks = None
+    data.pro = None
+    report = write_report(data, tmp_path / "out", max_gallery=2, thumb=64)
+    text = report.read_text()
+    assert "ground truth <span" not in text and "no ground-truth masks" in text
+    for path in sorted((tmp_path / "out" / "figures").glob("gallery_*.png")):
+        with Image.open(path) as im:
+            assert im.size == (3 * 64 + 2 * 6, 64 + 30)  # input, heatmap, predicted
+    with_masks = write_report(fake_report_data(tmp_path / "again"), tmp_path / "out2",
+                              max_gallery=2, thumb=64).read_text()
+    assert "ground truth <span" in with_masks

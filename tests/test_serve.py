@@ -24,9 +24,14 @@ import uvicorn
 from PIL import Image
 
 from defectmap.cli._common import run_app
-from defectmap.cli.serve import is_loopback
 from defectmap.data.io import read_image
+from defectmap.errors import DefectmapError
+from defectmap.evaluate.predict import predict_to_dir
 from defectmap.serve import AuditLog, AuditLogError, AuditRecord, create_app, open_audit_log
+from defectmap.serve.policy import is_loopback
+
+# A hung server (a thread that never answers) fails its test instead of blocking the run.
+pytestmark = pytest.mark.timeout(180)
 
 MAX_BYTES = 2_000_000
 MAX_PIXELS = 4_000_000
@@ -198,13 +203,16 @@ def test_healthz_model_and_page(
 
 
 def test_inspect_matches_library_and_is_logged(
-    client: httpx.Client, server: LiveServer, model_dir: Path, images: dict[str, list[Path]]
+    client: httpx.Client, server: LiveServer, model_dir: Path, images: dict[str, list[Path]],
+    tmp_path: Path,
 ) -> None:
     model = server.app.state.service.model
     threshold = client.get("/v1/model").json()["thresholds"]["image_threshold"]
     answers = []
     for path in (images["pasted"][0], images["good"][0]):
+        started = time.perf_counter()
         response = post_image(client, path)
+        round_trip_ms = (time.perf_counter() - started) * 1000
         assert response.status_code == 200, response.text
         body = response.json()
         answers.append(body)
@@ -219,11 +227,12 @@ def test_inspect_matches_library_and_is_logged(
         assert (body["width"], body["height"]) == (128, 128)
         assert body["model"] == {"name": model_dir.name, "hash": model.model_hash}
         assert body["thresholds"]["image_threshold"] == threshold
-        assert body["elapsed_ms"] > 0
+        assert 0 < body["elapsed_ms"] < round_trip_ms  # measured inside the request
         assert len(body["regions"]) == len(expected.regions)
         for got, want in zip(body["regions"], expected.regions, strict=True):
             assert got["bbox"] == list(want.bbox) and got["area"] == want.area
             assert got["peak"] == pytest.approx(want.peak, rel=1e-5)
+            assert got["centroid"] == pytest.approx(list(want.centroid), rel=1e-5)
 
         # The audit trail returns the same record.
         row = client.get(body["links"]["self"]).json()
@@ -241,6 +250,10 @@ def test_inspect_matches_library_and_is_logged(
         assert np.abs(pictures["overlay"] - original).mean() < np.abs(
             pictures["heatmap"] - original
         ).mean()
+        # One renderer: `predict` writes exactly the overlay the service serves.
+        rows = predict_to_dir(model, [path], tmp_path / path.stem, write_maps=False)
+        overlay_file = tmp_path / path.stem / rows[0]["overlay"]
+        assert overlay_file.read_bytes() == client.get(body["links"]["overlay"]).content
 
     pasted, good = answers
     # A real model: the pasted patch is a defect, found where it was pasted.
@@ -276,6 +289,29 @@ def test_inspection_list_filters(client: httpx.Client, images: dict[str, list[Pa
     assert_error(client.get("/v1/inspections", params={"limit": 0}), 400, "bad_query", "limit")
     assert_error(client.get("/v1/inspections", params={"limit": "ten"}), 422, "invalid_request",
                  "limit")
+
+
+def test_openapi_schema_is_typed(client: httpx.Client) -> None:
+    schema = client.get("/openapi.json").json()
+    components = schema["components"]["schemas"]
+
+    def response_ref(path: str, method: str, status: str = "200") -> str:
+        content = schema["paths"][path][method]["responses"][status]["content"]
+        return content["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+
+    assert response_ref("/v1/inspect", "post") == "InspectionOut"
+    assert response_ref("/v1/inspections/{inspection_id}", "get") == "InspectionOut"
+    assert response_ref("/v1/inspections", "get") == "InspectionList"
+    assert response_ref("/v1/model", "get") == "ModelInfo"
+    assert response_ref("/healthz", "get") == "Health"
+    assert response_ref("/v1/inspect", "post", "415") == "ErrorOut"
+    inspection = components["InspectionOut"]["properties"]
+    assert inspection["score"]["type"] == "number"
+    assert {"enum": ["ok", "defect"], "type": "string"} in inspection["decision"]["anyOf"]
+    assert components["RegionOut"]["required"] == ["bbox", "area", "peak"]
+    assert "image/png" in schema["paths"]["/v1/inspections/{inspection_id}/overlay.png"][
+        "get"]["responses"]["200"]["content"]
+    assert "securitySchemes" not in schema.get("components", {})  # no token: no scheme
 
 
 # -- bad input ---------------------------------------------------------------------------
@@ -473,6 +509,13 @@ def test_token_is_required_when_set(
         assert http.get(answer.json()["links"]["overlay"], headers=auth).status_code == 200
         assert_error(http.get(answer.json()["links"]["overlay"]), 401, "unauthorized")
         assert http.get("/v1/inspections", headers=auth).json()["count"] == 1
+        schema = http.get("/openapi.json").json()
+        assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+        assert schema["paths"]["/v1/model"]["get"]["security"] == [{"HTTPBearer": []}]
+        assert "security" not in schema["paths"]["/healthz"]["get"]
+    with pytest.raises(DefectmapError, match="white space"):
+        create_app(model_dir, db_path=tmp_path / "blank.sqlite3", token=" \t ")
+    assert not (tmp_path / "blank.sqlite3").exists()
 
 
 # -- audit log and CLI -------------------------------------------------------------------
@@ -534,9 +577,15 @@ def test_cli_refuses_public_host_without_token_and_bad_model(
 ) -> None:
     rc = run_app(["serve", str(model_dir), "--host", "0.0.0.0", "--db", str(tmp_path / "a.db")])
     err = capsys.readouterr().err
-    assert rc == 1 and "--token" in err and "0.0.0.0" in err and "not loopback" in err
+    assert rc == 2 and "--host 0.0.0.0 is not loopback: it needs --token" in err  # usage error
     assert_one_error(err)
     assert not (tmp_path / "a.db").exists()
+
+    rc = run_app(["serve", str(model_dir), "--host", "0.0.0.0", "--token", "  ",
+                  "--db", str(tmp_path / "a.db")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "white space" in err and not (tmp_path / "a.db").exists()
+    assert_one_error(err)
 
     rc = run_app(["serve", str(tmp_path / "no-model"), "--db", str(tmp_path / "b.db")])
     err = capsys.readouterr().err

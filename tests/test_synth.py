@@ -97,7 +97,7 @@ def test_cli_synth_matches_library_and_is_deterministic(tmp_path, capsys):
     # a second run into the same place refuses rather than overwriting silently
     assert run_app(argv) == 1
     assert "already exists" in capsys.readouterr().err
-    assert run_app([*argv[:5], "--kind", "liquid"]) == 1
+    assert run_app([*argv[:5], "--kind", "liquid"]) == 2  # a usage error
 
 
 def test_normal_images_vary(tmp_path):

@@ -1,61 +1,60 @@
-"""Progress bars for long work, in one place.
+"""Progress of long library work, reported through a plain callback; nothing here draws.
 
-Library code wraps long loops in :func:`track`; bars are drawn with rich on an interactive
-terminal and stay silent elsewhere (tests, pipes, the service) unless forced on.
+A progress callback is called as ``progress(task, done, total)``:
+
+* ``task``: a short description of the work, e.g. ``"scoring bottle test images"``;
+* ``done``: items finished so far, 0 when the task starts;
+* ``total``: items in the task, or ``None`` when unknown (a download without a length).
+
+A task ends with a call where ``done == total``. Tasks nest: a benchmark reports its pairs
+while each fit inside it reports its own images. Library cores take
+``progress: ProgressCallback | None = None`` and pass it down; ``None`` reports nothing (the
+service, tests, scripts). The command line draws the tasks (``defectmap.cli.display``).
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
+
+__all__ = ["ProgressCallback", "track"]
 
 T = TypeVar("T")
 
-_enabled: bool | None = None  # None: decide by whether stderr is a terminal
+#: ``progress(task, done, total)``; see the module docs.
+ProgressCallback = Callable[[str, int, int | None], None]
 
 
-def set_progress(enabled: bool | None) -> None:
-    """Force progress bars on (True), off (False) or back to automatic (None)."""
-    global _enabled
-    _enabled = enabled
+def track(
+    items: Iterable[T],
+    task: str,
+    progress: ProgressCallback | None,
+    total: int | None = None,
+) -> Iterator[T]:
+    """Yield ``items`` unchanged, reporting each one finished to ``progress``.
 
+    ``total`` defaults to ``len(items)`` when it has one. The last call has ``done == total``
+    (``total`` set to the count when it was unknown or wrong). Nothing is reported when
+    ``progress`` is None.
 
-def progress_enabled() -> bool:
-    """Whether :func:`track` draws a bar now."""
-    if _enabled is not None:
-        return _enabled
-    return sys.stderr.isatty()
-
-
-def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-    """Yield ``items`` unchanged, drawing a rich progress bar when enabled.
-
-    Ctrl-C propagates as ``KeyboardInterrupt``; the bar is closed on the way out.
+    Examples
+    --------
+    >>> calls = []
+    >>> list(track("ab", "letters", lambda *call: calls.append(call)))
+    ['a', 'b']
+    >>> calls
+    [('letters', 0, 2), ('letters', 1, 2), ('letters', 2, 2)]
     """
-    if not progress_enabled():
+    if progress is None:
         yield from items
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, transient=True) as bar:
-        task = bar.add_task(description, total=total)
-        for item in items:
-            yield item
-            bar.advance(task)
+    progress(task, 0, total)
+    done = 0
+    for item in items:
+        yield item
+        done += 1
+        progress(task, done, total)
+    if total != done:
+        progress(task, done, done)

@@ -9,6 +9,7 @@ import sys
 
 # Importing the command modules registers their commands on ``app``.
 from defectmap.cli import data as _data  # noqa: F401,E402
+from defectmap.cli import export as _export  # noqa: F401,E402
 from defectmap.cli import maps as _maps  # noqa: F401,E402
 from defectmap.cli import model as _model  # noqa: F401,E402
 from defectmap.cli import serve as _serve  # noqa: F401,E402

@@ -14,25 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
-from defectmap.calibrate import DEFAULT_ALPHA
-from defectmap.cli._common import app, console, err_console
-from defectmap.constants import DEFAULT_FPR_LIMIT, MVTEC_CATEGORIES
+from defectmap.cli._common import CliUsageError, app, console, err_console
+from defectmap.cli.display import progress_display
+from defectmap.cli.export import Runtime
+from defectmap.cli.options import (
+    count_option,
+    image_size_option,
+    ratio_option,
+    seed_option,
+)
+from defectmap.constants import DEFAULT_ALPHA, DEFAULT_DETECTOR, DEFAULT_FPR_LIMIT
 from defectmap.errors import DefectmapError
-
-#: Detector used when none is given (same as defectmap.detectors.DEFAULT_DETECTOR, kept
-#: here so that `--help` does not import torch).
-DEFAULT_DETECTOR = "patchcore"
-
-#: The demo's synthetic dataset and image size: small enough to run in well under three
-#: minutes on 2 CPU cores, large enough that the image AUROC is far above chance.
-DEMO_N_TRAIN = 40
-DEMO_N_TEST = 30
-DEMO_SIZE = 160
-DEMO_INPUT_SIZE = 160
-# 40 train images leave 10 for validation: enough for the conformal guarantee at alpha = 0.1
-# (needs 9), not at the default 0.01 (needs 99).
-DEMO_ALPHA = 0.1
 
 
 def _detector_params(backbone: str | None, image_size: int | None) -> dict[str, Any]:
@@ -40,20 +34,8 @@ def _detector_params(backbone: str | None, image_size: int | None) -> dict[str, 
     if backbone is not None:
         params["backbone"] = backbone
     if image_size is not None:
-        if image_size < 32:
-            raise DefectmapError(f"--image-size must be at least 32, got {image_size}")
         params["input_size"] = image_size
     return params
-
-
-def _check_detectors(names: list[str]) -> None:
-    from defectmap.detectors import list_detectors
-
-    known = list_detectors()
-    for name in names:
-        if name not in known:
-            raise DefectmapError(f"unknown detector {name!r}; known detectors: "
-                                 f"{', '.join(known)}")
 
 
 @contextmanager
@@ -69,8 +51,8 @@ def _warnings_as_lines() -> Iterator[None]:
                 text = str(w.message)
                 if text not in seen:
                     seen.add(text)
-                    err_console.print(f"[yellow]warning:[/yellow] {text}", highlight=False,
-                                      soft_wrap=True)
+                    err_console.print(f"[yellow]warning:[/yellow] {escape(text)}",
+                                      highlight=False, soft_wrap=True)
 
 
 def _fmt(value: Any) -> str:
@@ -82,38 +64,42 @@ def _fmt(value: Any) -> str:
     epilog="Example: defectmap fit data/mvtec_ad --category bottle --out models/bottle",
 )
 def fit_command(
-    dataset_root: Path = typer.Argument(..., help="Dataset root (or a category folder)."),
-    category: str | None = typer.Option(None, "--category", "-c",
+    dataset_root: Path = typer.Argument(..., metavar="DATASET_ROOT",
+                                        help="Dataset root (or a category folder)."),
+    category: str | None = typer.Option(None, "--category", "-c", metavar="NAME",
                                         help="Category under DATASET_ROOT, e.g. bottle."),
-    detector: str = typer.Option(DEFAULT_DETECTOR, "--detector", "-d", help="Detector name."),
-    backbone: str | None = typer.Option(None, "--backbone", help="Feature backbone."),
-    image_size: int | None = typer.Option(None, "--image-size",
-                                          help="Side of the square network input, pixels."),
-    val_ratio: float = typer.Option(0.1, "--val-ratio",
-                                    help="Fraction of train/good held out to calibrate."),
-    alpha: float = typer.Option(DEFAULT_ALPHA, "--alpha", help="Target false-alarm rate."),
-    seed: int = typer.Option(0, "--seed", help="random_state of the split and detector."),
-    out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
+    detector: str = typer.Option(DEFAULT_DETECTOR, "--detector", "-d", metavar="NAME",
+                                 help="Detector name."),
+    backbone: str | None = typer.Option(None, "--backbone", metavar="NAME",
+                                        help="Feature backbone."),
+    image_size: int | None = image_size_option(),
+    val_ratio: float = ratio_option(0.1, "--val-ratio", low_open=False,
+                                    help="Fraction of train/good held out to calibrate"),
+    alpha: float = ratio_option(DEFAULT_ALPHA, "--alpha", help="Target false-alarm rate"),
+    seed: int = seed_option(),
+    out: Path = typer.Option(..., "--out", "-o", metavar="DIR",
+                             help="Model folder to write (a model folder is replaced whole; "
+                             "a folder holding other files is refused)."),
 ) -> None:
     """Train a detector on the good training images and calibrate its thresholds."""
-    from defectmap.data.mvtec import load_category
+    from defectmap.data.layouts import load_category
     from defectmap.pipeline import train_model
 
-    _check_detectors([detector])
     params = _detector_params(backbone, image_size)
     data = load_category(dataset_root, category)
     start = time.perf_counter()
-    with _warnings_as_lines():
+    with _warnings_as_lines(), progress_display() as progress:
         model = train_model(data, out, detector=detector, detector_params=params,
-                            val_ratio=val_ratio, alpha=alpha, random_state=seed)
+                            val_ratio=val_ratio, alpha=alpha, random_state=seed,
+                            progress=progress)
     seconds = time.perf_counter() - start
     cal = model.calibration
-    console.print(f"trained [bold]{detector}[/bold] on {data.name} "
-                  f"({len(data.train)} good images) in {seconds:.1f} s")
+    console.print(f"trained [bold]{escape(detector)}[/bold] on {escape(data.name)} "
+                  f"({len(data.train)} good images) in {seconds:.1f} s", highlight=False)
     if cal is not None:
         console.print(f"image threshold {cal.image_threshold:.4g} (alpha {cal.alpha:g}, "
-                      f"{cal.n_val} validation images)")
-    console.print(f"model written to {out}")
+                      f"{cal.n_val} validation images)", highlight=False)
+    console.print(f"model written to {out}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command(
@@ -121,50 +107,111 @@ def fit_command(
     epilog="Example: defectmap predict models/bottle photos/ part_17.png --out results/",
 )
 def predict_command(
-    model_dir: Path = typer.Argument(..., help="Model folder written by `defectmap fit`."),
-    images: list[Path] = typer.Argument(..., help="Image files and/or folders."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
-    batch_size: int = typer.Option(1, "--batch-size", help="Images per forward pass."),
+    model_dir: Path = typer.Argument(..., metavar="MODEL_DIR",
+                                     help="Model folder written by `defectmap fit`."),
+    images: list[Path] = typer.Argument(..., metavar="IMAGES",
+                                        help="Image files and/or folders."),
+    out: Path = typer.Option(..., "--out", "-o", metavar="DIR",
+                             help="Output folder (never read as input)."),
+    batch_size: int = count_option(1, "--batch-size", help="Images per forward pass"),
+    recursive: bool = typer.Option(False, "--recursive", "-r",
+                                   help="Also read the images in sub-folders of a folder."),
+    uncalibrated: bool = typer.Option(
+        False, "--uncalibrated",
+        help="Accept a model without calibration.json: raw scores only, no decision."),
+    allow_mismatch: bool = typer.Option(
+        False, "--allow-mismatch",
+        help="Score images whose colour or size differs from the training images."),
     no_maps: bool = typer.Option(False, "--no-maps", help="Do not write the TIFF maps."),
     no_overlays: bool = typer.Option(False, "--no-overlays", help="Do not write overlays."),
+    runtime: Runtime | None = typer.Option(
+        None, "--runtime", help="Inference runtime; default: the fastest installed one the "
+        "model folder was exported for (torch for a folder that was not exported)."),
 ) -> None:
-    """Score images: decision, score and p-value per image (CSV/JSON), maps and overlays."""
+    """Score images: decision, score and p-value per image (CSV/JSON), maps and overlays.
+
+    A folder gives the images directly in it (--recursive: and in its sub-folders).
+    """
     from rich.table import Table
 
-    from defectmap.evaluate import predict_to_dir
+    from defectmap.data.profile import InputMismatchError
+    from defectmap.errors import UncalibratedModelError
+    from defectmap.evaluate.predict import predict_to_dir
     from defectmap.pipeline import load_model
 
-    model = load_model(model_dir)
-    rows = predict_to_dir(model, images, out, batch_size=batch_size,
-                          write_maps=not no_maps, write_overlays=not no_overlays)
+    model = load_model(model_dir, runtime=None if runtime is None else runtime.value)
+    try:
+        with _warnings_as_lines(), progress_display() as progress:
+            rows = predict_to_dir(model, images, out, batch_size=batch_size,
+                                  write_maps=not no_maps, write_overlays=not no_overlays,
+                                  progress=progress, recursive=recursive,
+                                  uncalibrated=uncalibrated, allow_mismatch=allow_mismatch)
+    except UncalibratedModelError:
+        raise DefectmapError(
+            f"{model_dir}: no calibration.json, so no ok/defect decision can be made; refit "
+            "it with `defectmap fit`, or pass --uncalibrated for raw scores only") from None
+    except InputMismatchError as exc:
+        listed = "; ".join(f"{name}: {reason}" for name, reason in exc.mismatches)
+        raise DefectmapError(
+            f"{len(exc.mismatches)} image(s) differ from the training images: {listed}; "
+            "pass --allow-mismatch to score them anyway") from None
+    calibrated = model.calibration is not None
     table = Table(title=f"{len(rows)} images")
-    for col in ("image", "score", "normalised", "p-value", "decision"):
+    columns = ("image", "score", "normalised", "p-value", "decision") if calibrated \
+        else ("image", "score")
+    for col in columns:
         table.add_column(col, justify="left" if col == "image" else "right")
     for row in rows[:20]:
-        colour = "red" if row["decision"] == "defect" else "green"
-        table.add_row("/".join(Path(row["image"]).parts[-2:]), f"{row['score']:.4g}",
-                      _fmt(row["normalized_score"]), _fmt(row["p_value"]),
-                      f"[{colour}]{row['decision']}[/{colour}]")
+        cells = [escape("/".join(Path(row["image"]).parts[-2:])), f"{row['score']:.4g}"]
+        if calibrated:
+            colour = "red" if row["decision"] == "defect" else "green"
+            cells += [_fmt(row["normalized_score"]), _fmt(row["p_value"]),
+                      f"[{colour}]{row['decision']}[/{colour}]"]
+        table.add_row(*cells)
     console.print(table)
     if len(rows) > 20:
-        console.print(f"... {len(rows) - 20} more in {Path(out) / 'results.csv'}")
-    n_defect = sum(r["decision"] == "defect" for r in rows)
-    console.print(f"{n_defect} of {len(rows)} flagged as defect; results in {out}")
+        console.print(f"... {len(rows) - 20} more in {Path(out) / 'results.csv'}",
+                      markup=False, highlight=False, soft_wrap=True)
+    if calibrated:
+        n_defect = sum(r["decision"] == "defect" for r in rows)
+        summary = f"{n_defect} of {len(rows)} flagged as defect; results in {out}"
+    else:
+        summary = (f"uncalibrated model: {len(rows)} raw scores, no ok/defect decision; "
+                   f"results in {out}")
+    console.print(summary, markup=False, highlight=False, soft_wrap=True)
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{metrics['detector']} on {metrics['category']}")
+    table = Table(title=escape(f"{metrics['detector']} on {metrics['category']}"))
     for col in ("", "image AUROC", "pixel AUROC", "AU-PRO", "F1-max", "images"):
         table.add_column(col, justify="left" if not col else "right")
     for name, m in sorted((metrics.get("per_defect") or {}).items()):
-        table.add_row(name, _fmt(m.get("image_auroc")), _fmt(m.get("pixel_auroc")),
+        table.add_row(escape(name), _fmt(m.get("image_auroc")), _fmt(m.get("pixel_auroc")),
                       _fmt(m.get("aupro")), _fmt(m.get("f1_max")), str(m.get("n_images")))
     table.add_row("[bold]all[/bold]", _fmt(metrics.get("image_auroc")),
                   _fmt(metrics.get("pixel_auroc")), _fmt(metrics.get("aupro")),
                   _fmt(metrics.get("f1_max")), str(metrics.get("n_images")), style="bold")
     console.print(table)
+    console.print(f"protocol: {metrics.get('protocol', 'mvtec_ad')}", highlight=False)
+    loco = metrics.get("loco")
+    if loco:
+        limits = list(loco["auc_spro"]["mean"])
+        console.print(f"MVTec LOCO AD ({loco['mode']} mode), AU-sPRO at "
+                      f"{', '.join(limits)} and image AUROC:", highlight=False)
+        for kind in ("logical_anomalies", "structural_anomalies", "mean"):
+            values = " ".join(_fmt(loco["auc_spro"][kind][lim]) for lim in limits)
+            console.print(f"  {kind:<22} {values}  AUROC {_fmt(loco['auc_roc'][kind])}",
+                          highlight=False)
+    seg = metrics.get("segmentation")
+    if seg:
+        console.print(f"SegF1 {_fmt(seg['seg_f1'])} at threshold {seg['threshold']:.6g} "
+                      f"({seg['threshold_rule']})", markup=False, highlight=False,
+                      soft_wrap=True)
+    if metrics.get("submission"):
+        console.print(f"private test sets written for upload: {metrics['submission']}",
+                      markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command(
@@ -173,57 +220,69 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
     "--out eval/bottle",
 )
 def evaluate_command(
-    model_dir: Path = typer.Argument(..., help="Model folder written by `defectmap fit`."),
-    dataset_root: Path = typer.Argument(..., help="Dataset root (or a category folder)."),
-    category: str | None = typer.Option(None, "--category", "-c", help="Category to test."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (replaced atomically)."),
-    fpr_limit: float = typer.Option(DEFAULT_FPR_LIMIT, "--fpr-limit",
-                                    help="Integration limit of AU-PRO."),
-    batch_size: int = typer.Option(1, "--batch-size", help="Images per forward pass."),
+    model_dir: Path = typer.Argument(..., metavar="MODEL_DIR",
+                                     help="Model folder written by `defectmap fit`."),
+    dataset_root: Path = typer.Argument(..., metavar="DATASET_ROOT",
+                                        help="Dataset root (or a category folder)."),
+    category: str | None = typer.Option(None, "--category", "-c", metavar="NAME",
+                                        help="Category to test."),
+    out: Path = typer.Option(..., "--out", "-o", metavar="DIR",
+                             help="Output folder (replaced atomically)."),
+    fpr_limit: float | None = ratio_option(
+        None, "--fpr-limit", high_open=False,
+        help=f"Integration limit of AU-PRO; default {DEFAULT_FPR_LIMIT:g} (MVTec AD 2: 0.05)"),
+    batch_size: int = count_option(1, "--batch-size", help="Images per forward pass"),
     no_maps: bool = typer.Option(False, "--no-maps", help="Do not write the TIFF maps."),
+    loco_official: bool = typer.Option(
+        False, "--loco-official",
+        help="MVTec LOCO AD: AU-sPRO with the official adaptive thresholds (default: exact)."),
 ) -> None:
-    """Run the MVTec AD protocol on the test split: metrics.json, maps and report.html."""
-    from defectmap.data.mvtec import load_category
-    from defectmap.evaluate import evaluate_model
+    """Run the test split in the protocol of the dataset's layout: metrics.json, maps, report.
+
+    MVTec AD, VisA, Real-IAD: the MVTec AD metrics. MVTec LOCO AD: also AU-sPRO and image
+    AUROC per anomaly type. MVTec AD 2: AU-PRO at 0.05, SegF1 at the validation threshold,
+    and the private test sets written in the upload layout (OUT/submission).
+    """
+    from defectmap.data.layouts import load_category
+    from defectmap.evaluate.protocol import evaluate_model
     from defectmap.pipeline import load_model
 
     model = load_model(model_dir)
     data = load_category(dataset_root, category)
-    metrics = evaluate_model(model, data, out, fpr_limit=fpr_limit, write_maps=not no_maps,
-                             batch_size=batch_size)
+    with progress_display() as progress:
+        metrics = evaluate_model(model, data, out, fpr_limit=fpr_limit,
+                                 write_maps=not no_maps, batch_size=batch_size,
+                                 progress=progress,
+                                 loco_mode="official" if loco_official else "exact")
     _print_metrics(metrics)
-    console.print(f"report: {Path(out) / 'report.html'}")
+    console.print(f"report: {Path(out) / 'report.html'}", markup=False, highlight=False,
+                  soft_wrap=True)
 
 
-def _run_and_print(dataset_root: Path, categories: list[str], detectors: list[str],
-                   out: Path, params: dict[str, Any], seed: int,
-                   alpha: float = DEFAULT_ALPHA) -> dict[str, Any]:
-    from defectmap.evaluate import run_benchmark
+def _on_result(m: dict[str, Any]) -> None:
+    err_console.print(f"{m['category']} / {m['detector']}: image AUROC "
+                      f"{_fmt(m['image_auroc'])}, pixel AUROC {_fmt(m['pixel_auroc'])}, "
+                      f"AU-PRO {_fmt(m['aupro'])}", markup=False, highlight=False)
+
+
+def _on_missing(category: str, reason: str) -> None:
+    err_console.print(f"[yellow]skipped[/yellow] {escape(category)}: {escape(reason)}",
+                      highlight=False, soft_wrap=True)
+
+
+def _print_benchmark(result: dict[str, Any], out: Path) -> None:
     from defectmap.report.table import build_table, to_rich
 
-    def on_result(m: dict[str, Any]) -> None:
-        err_console.print(f"{m['category']} / {m['detector']}: image AUROC "
-                          f"{_fmt(m['image_auroc'])}, pixel AUROC {_fmt(m['pixel_auroc'])}, "
-                          f"AU-PRO {_fmt(m['aupro'])}")
-
-    def on_missing(category: str, reason: str) -> None:
-        err_console.print(f"[yellow]skipped[/yellow] {category}: {reason}", highlight=False)
-
-    with _warnings_as_lines():
-        result = run_benchmark(dataset_root, categories, detectors, out,
-                               detector_params=params, random_state=seed, alpha=alpha,
-                               on_result=on_result, on_missing=on_missing)
-    if not result["rows"]:
-        raise DefectmapError(f"{dataset_root}: none of the categories "
-                             f"{', '.join(categories)} could be evaluated")
-    console.print(to_rich(build_table(result["rows"], detectors),
+    console.print(to_rich(build_table(result["rows"], result["detectors"]),
                           title=f"benchmark ({len(result['rows'])} runs)"))
     if result["missing"]:
-        console.print("missing: " + ", ".join(m["category"] for m in result["missing"]))
+        console.print("missing: " + ", ".join(m["category"] for m in result["missing"]),
+                      markup=False, highlight=False)
     for row in result["rows"]:
-        console.print(f"report {row['category']}/{row['detector']}: {row['report']}")
-    console.print(f"table: {out / 'table.md'} (also table.csv, table.json)")
-    return result
+        console.print(f"report {row['category']}/{row['detector']}: {row['report']}",
+                      markup=False, highlight=False, soft_wrap=True)
+    console.print(f"table: {out / 'table.md'} (also table.csv, table.json)", markup=False,
+                  highlight=False, soft_wrap=True)
 
 
 @app.command(
@@ -232,42 +291,41 @@ def _run_and_print(dataset_root: Path, categories: list[str], detectors: list[st
     "--detector padim --out bench/",
 )
 def benchmark_command(
-    dataset_root: Path = typer.Argument(..., help="Dataset root with one folder per category."),
-    category: list[str] | None = typer.Option(None, "--category", "-c",
+    dataset_root: Path = typer.Argument(..., metavar="DATASET_ROOT",
+                                        help="Dataset root with one folder per category."),
+    category: list[str] | None = typer.Option(None, "--category", "-c", metavar="NAME",
                                               help="Category to run (repeatable)."),
     all_categories: bool = typer.Option(False, "--all",
                                         help="All 15 MVTec AD categories (missing skipped)."),
-    detector: list[str] | None = typer.Option(None, "--detector", "-d",
+    detector: list[str] | None = typer.Option(None, "--detector", "-d", metavar="NAME",
                                               help="Detector (repeatable; default patchcore)."),
-    backbone: str | None = typer.Option(None, "--backbone", help="Feature backbone."),
-    image_size: int | None = typer.Option(None, "--image-size",
-                                          help="Side of the square network input, pixels."),
-    seed: int = typer.Option(0, "--seed", help="random_state of every fit."),
-    alpha: float = typer.Option(DEFAULT_ALPHA, "--alpha", help="Target false-alarm rate."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    backbone: str | None = typer.Option(None, "--backbone", metavar="NAME",
+                                        help="Feature backbone."),
+    image_size: int | None = image_size_option(),
+    seed: int = seed_option(help="random_state of every fit."),
+    alpha: float = ratio_option(DEFAULT_ALPHA, "--alpha", help="Target false-alarm rate"),
+    out: Path = typer.Option(..., "--out", "-o", metavar="DIR", help="Output folder."),
 ) -> None:
     """Fit and evaluate every (category, detector) pair; print and write the table.
 
     Without --category or --all, every category found under DATASET_ROOT is run.
     """
-    from defectmap.data.mvtec import list_categories
+    from defectmap.data.mvtec import select_categories
+    from defectmap.evaluate.benchmark import run_benchmark
 
     if category and all_categories:
-        raise DefectmapError("give either --category or --all, not both")
+        raise CliUsageError("give either --category or --all, not both")
+    categories = select_categories(dataset_root, category, all_categories)
     detectors = list(detector) if detector else [DEFAULT_DETECTOR]
-    _check_detectors(detectors)
-    params = _detector_params(backbone, image_size)
-    if not Path(dataset_root).is_dir():
-        raise DefectmapError(f"{dataset_root}: dataset root does not exist or is not a folder")
-    if all_categories:
-        categories = list(MVTEC_CATEGORIES)
-    elif category:
-        categories = list(category)
-    else:
-        categories = list_categories(dataset_root)
-        if not categories:
-            raise DefectmapError(f"{dataset_root}: no category folders found")
-    _run_and_print(dataset_root, categories, detectors, out, params, seed, alpha)
+    with _warnings_as_lines(), progress_display() as progress:
+        result = run_benchmark(dataset_root, categories, detectors, out,
+                               detector_params=_detector_params(backbone, image_size),
+                               random_state=seed, alpha=alpha, on_result=_on_result,
+                               on_missing=_on_missing, progress=progress)
+    if not result["rows"]:
+        raise DefectmapError(f"{dataset_root}: none of the categories "
+                             f"{', '.join(categories)} could be evaluated")
+    _print_benchmark(result, out)
 
 
 @app.command(
@@ -275,23 +333,29 @@ def benchmark_command(
     epilog="Example: defectmap demo --out runs/demo",
 )
 def demo_command(
-    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Output folder."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic data and the fit."),
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", metavar="DIR",
+                             help="Output folder."),
+    seed: int = seed_option(help="Seed of the synthetic data and the fit."),
+    layout: str = typer.Option(
+        "mvtec", "--layout", metavar="LAYOUT",
+        help="Dataset layout: mvtec, loco, mvtec_ad2, visa or realiad."),
 ) -> None:
     """Synthesise a small dataset, fit the default detector, evaluate it, print the table.
 
-    Runs offline in well under a minute on 2 CPU cores.
+    Runs offline in well under a minute on 2 CPU cores. --layout demonstrates another
+    dataset's reader and protocol (e.g. loco: AU-sPRO per anomaly type).
     """
-    from defectmap.data.synth import make_synthetic_dataset
+    from defectmap.demo import run_demo
 
     start = time.perf_counter()
-    data_root = Path(out) / "data"
-    make_synthetic_dataset(data_root, category="synthetic", kind="object",
-                           n_train=DEMO_N_TRAIN, n_test=DEMO_N_TEST, size=DEMO_SIZE,
-                           seed=seed, overwrite=True)
-    console.print(f"synthetic dataset: {data_root / 'synthetic'} ({DEMO_N_TRAIN} train, "
-                  f"{DEMO_N_TEST} test images, {DEMO_SIZE} px)")
-    result = _run_and_print(data_root, ["synthetic"], [DEFAULT_DETECTOR], Path(out),
-                            {"input_size": DEMO_INPUT_SIZE}, seed, DEMO_ALPHA)
+    with _warnings_as_lines(), progress_display() as progress:
+        result = run_demo(out, seed, layout=layout, on_result=_on_result, progress=progress)
+    console.print(f"synthetic dataset ({result['layout']} layout): {result['dataset']} "
+                  f"({result['n_train']} train, {result['n_test']} test images, "
+                  f"{result['size']} px)", markup=False, highlight=False, soft_wrap=True)
+    _print_benchmark(result, Path(out))
+    if result["layout"] != "mvtec":
+        _print_metrics(result["rows"][0])
     console.print(f"demo finished in {time.perf_counter() - start:.0f} s; open "
-                  f"{result['rows'][0]['report']}")
+                  f"{result['rows'][0]['report']}", markup=False, highlight=False,
+                  soft_wrap=True)

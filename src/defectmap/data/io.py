@@ -19,6 +19,11 @@ Conversions
 from __future__ import annotations
 
 import io
+import re
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from os import PathLike
 from pathlib import Path
 from typing import IO, Literal
 
@@ -26,14 +31,23 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from defectmap.constants import MAX_IMAGE_PIXELS
-from defectmap.errors import ImageReadError
+from defectmap.errors import ImageReadError, ImageTooLargeError
+from defectmap.progress import ProgressCallback, track
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "ImageInput",
     "MAX_UPLOAD_BYTES",
+    "ImageInfo",
+    "as_image_array",
+    "check_image",
+    "check_images",
     "decode_image",
     "image_header",
     "image_size",
+    "iter_batches",
+    "probe_image",
+    "probe_info",
     "read_image",
     "read_mask",
     "read_mask_values",
@@ -68,17 +82,34 @@ _READ_ERRORS = (
 
 
 def _open(source: _Source, name: str, max_pixels: int) -> Image.Image:
-    """Open ``source`` (header only) and refuse it when it has more than ``max_pixels``."""
+    """Open ``source`` (header only) and refuse it when it has more than ``max_pixels``.
+
+    Raises :class:`ImageTooLargeError` over the limit, :class:`ImageReadError` otherwise.
+    """
     try:
-        # Pillow warns above its own limit (~89 Mpx), higher than our default; the warning
-        # only shows when a caller raises max_pixels beyond it, and is harmless then.
-        im = Image.open(source)
+        with warnings.catch_warnings():
+            # Pillow warns above its own limit (~89 Mpx); the pixel check below decides.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(source)
     except FileNotFoundError as exc:
         raise ImageReadError(f"{name}: file not found") from exc
     except IsADirectoryError as exc:
         raise ImageReadError(f"{name}: is a directory, not an image") from exc
     except Image.DecompressionBombError as exc:
-        raise ImageReadError(f"{name}: refused, image too large ({exc})") from exc
+        # Pillow refuses before our own check can run (over twice its MAX_IMAGE_PIXELS).
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = f"{int(claimed.group(1))} pixels" if claimed else "more pixels"
+        hard = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        limit = (f"the limit of {max_pixels}" if max_pixels < hard
+                 else f"Pillow's hard limit of {hard}")
+        raise ImageTooLargeError(
+            f"{name}: refused, image too large: it has {pixels}, more than {limit} "
+            "(possible decompression bomb)"
+        ) from exc
+    except UnidentifiedImageError as exc:
+        raise ImageReadError(
+            f"{name}: not a readable image (unknown format; expected PNG, JPEG, BMP or TIFF)"
+        ) from exc
     except _READ_ERRORS as exc:
         raise ImageReadError(f"{name}: not a readable image ({exc})") from exc
     width, height = im.size
@@ -87,7 +118,7 @@ def _open(source: _Source, name: str, max_pixels: int) -> Image.Image:
         raise ImageReadError(f"{name}: invalid image size {width}x{height}")
     if width * height > max_pixels:
         im.close()
-        raise ImageReadError(
+        raise ImageTooLargeError(
             f"{name}: refused, image has {width}x{height} = {width * height} pixels, "
             f"more than the limit of {max_pixels} (possible decompression bomb)"
         )
@@ -154,7 +185,7 @@ def _read_tiff_fallback(path: Path, mode: Mode, max_pixels: int) -> np.ndarray:
             page = tif.pages[0]
             shape = page.shape  # type: ignore[union-attr]
             if int(np.prod(shape[:2])) > max_pixels:
-                raise ImageReadError(
+                raise ImageTooLargeError(
                     f"{name}: refused, image has {shape[1]}x{shape[0]} pixels, more than the "
                     f"limit of {max_pixels} (possible decompression bomb)"
                 )
@@ -247,11 +278,45 @@ def decode_image(
     if not data:
         raise ImageReadError(f"{name}: empty upload, no image data")
     if len(data) > max_bytes:
-        raise ImageReadError(
+        raise ImageTooLargeError(
             f"{name}: refused, upload has {len(data)} bytes, more than the limit of {max_bytes}"
         )
     im = _open(io.BytesIO(data), name, max_pixels)
     return _decode(im, name, mode)
+
+
+def probe_image(
+    data: bytes, name: str, max_pixels: int = MAX_IMAGE_PIXELS
+) -> tuple[int, int, str, str]:
+    """Read only the header of an image held in memory (an upload); decode nothing.
+
+    Returns
+    -------
+    tuple
+        ``(width, height, pillow_mode, format)``, format as Pillow names it (``"PNG"``...).
+
+    Raises
+    ------
+    ImageTooLargeError
+        Over ``max_pixels`` (a possible decompression bomb).
+    ImageReadError
+        Not an image of a known format, or an unreadable header.
+    """
+    info, fmt = probe_info(data, name, max_pixels)
+    return info.width, info.height, info.mode, fmt
+
+
+def probe_info(
+    data: bytes, name: str, max_pixels: int = MAX_IMAGE_PIXELS
+) -> tuple[ImageInfo, str]:
+    """Like :func:`probe_image`: the upload's :class:`ImageInfo` and its format name."""
+    im = _open(io.BytesIO(data), name, max_pixels)
+    try:
+        return ImageInfo(im.size[0], im.size[1], im.mode, _is_grayscale(im)), str(im.format)
+    except _READ_ERRORS as exc:
+        raise ImageReadError(f"{name}: cannot read the image header ({exc})") from exc
+    finally:
+        im.close()
 
 
 def image_size(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
@@ -281,10 +346,45 @@ def image_header(
         im.close()
 
 
-def verify_image(
+@dataclass(frozen=True)
+class ImageInfo:
+    """What an image file's header and integrity check tell: size, mode, colour.
+
+    Attributes
+    ----------
+    width, height : size in pixels.
+    mode : Pillow's mode string (``"RGB"``, ``"L"``, ``"P"``, ``"I;16"``, ...).
+    grayscale : True for one-channel modes (``1``, ``L``, ``LA``, ``I``, ``I;16``, ``F``) and
+        for palette images whose palette holds only grays; False for colour.
+    """
+
+    width: int
+    height: int
+    mode: str
+    grayscale: bool
+
+
+_GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+
+
+def _is_grayscale(im: Image.Image) -> bool:
+    """Whether an opened image holds gray values only, judged from its header and palette."""
+    if im.mode in _GRAY_MODES:
+        return True
+    if im.mode in ("P", "PA") and im.palette is not None:
+        # The palette as read from the header: im.getpalette() would decode the pixels.
+        layout = getattr(im.palette, "rawmode", None) or im.palette.mode
+        data = np.frombuffer(bytes(im.palette.palette), dtype=np.uint8)
+        step = len(layout) if layout in ("RGB", "RGBA", "RGBX", "BGR", "BGRX", "BGRA") else 3
+        entries = data[: data.size // step * step].reshape(-1, step)[:, :3]
+        return bool(entries.size) and bool((entries == entries[:, :1]).all())
+    return False
+
+
+def check_image(
     path: str | Path, full: bool = False, max_pixels: int = MAX_IMAGE_PIXELS
-) -> tuple[int, int, str]:
-    """Check that an image file is complete and return ``(width, height, pillow_mode)``.
+) -> ImageInfo:
+    """Check that an image file is complete and return its :class:`ImageInfo`.
 
     PNG files are verified chunk by chunk against their CRC-32 checksums up to the closing
     ``IEND`` chunk, which finds truncated and corrupted files about 100 times faster than
@@ -299,6 +399,11 @@ def verify_image(
     path = Path(path)
     im = _open(path, str(path), max_pixels)
     size, mode = im.size, im.mode
+    try:
+        grayscale = _is_grayscale(im)
+    except _READ_ERRORS as exc:
+        im.close()
+        raise ImageReadError(f"{path}: cannot read the palette ({exc})") from exc
     if im.format == "PNG" and not full:
         try:
             im.verify()
@@ -310,7 +415,49 @@ def verify_image(
             im.close()
     else:
         _decode(im, str(path), "L" if mode in ("1", "L", "I;16", "I") else "RGB")
-    return size[0], size[1], mode
+    return ImageInfo(size[0], size[1], mode, grayscale)
+
+
+def verify_image(
+    path: str | Path, full: bool = False, max_pixels: int = MAX_IMAGE_PIXELS
+) -> tuple[int, int, str]:
+    """:func:`check_image` as a ``(width, height, pillow_mode)`` tuple."""
+    info = check_image(path, full, max_pixels)
+    return info.width, info.height, info.mode
+
+
+def check_images(
+    paths: Sequence[str | Path],
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    progress: ProgressCallback | None = None,
+    task: str = "checking images",
+) -> list[ImageInfo]:
+    """Check every image file (see :func:`check_image`) before any long work reads them.
+
+    All files are checked, so that one error names every bad file, not only the first.
+
+    Returns
+    -------
+    list of ImageInfo
+        One per path, in order.
+
+    Raises
+    ------
+    ImageReadError
+        One or more files cannot be read; the message lists each with its problem.
+    """
+    infos: list[ImageInfo] = []
+    bad: list[str] = []
+    for path in track(paths, task, progress):
+        try:
+            infos.append(check_image(path, max_pixels=max_pixels))
+        except ImageReadError as exc:
+            bad.append(str(exc))
+    if bad:
+        raise ImageReadError(
+            f"{len(bad)} of {len(paths)} image(s) cannot be read: " + "; ".join(bad)
+        )
+    return infos
 
 
 def read_mask_values(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
@@ -337,3 +484,57 @@ def read_mask(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarra
         As :func:`read_image`.
     """
     return read_mask_values(path, max_pixels) > 0
+
+
+ImageInput = np.ndarray | str | PathLike
+
+
+def as_image_array(image: ImageInput, index: int = 0) -> np.ndarray:
+    """Return an image as a uint8 array (H, W) or (H, W, 3); paths are read safely.
+
+    Parameters
+    ----------
+    image : a uint8 array (H, W), (H, W, 1) or (H, W, 3), or a path to an image file.
+    index : position of the image in its sequence (used in error messages).
+
+    Raises
+    ------
+    ImageReadError : the file cannot be read or the array has the wrong dtype/shape.
+    """
+    if not isinstance(image, np.ndarray):
+        return read_image(Path(image), mode="RGB")
+    if image.dtype != np.uint8:
+        raise ImageReadError(f"image #{index}: expected dtype uint8, got {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+        raise ImageReadError(
+            f"image #{index}: expected shape (H, W) or (H, W, 3), got {image.shape}"
+        )
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ImageReadError(f"image #{index}: empty image of shape {image.shape}")
+    return image
+
+
+def iter_batches(
+    images: Sequence[ImageInput],
+    batch_size: int,
+    description: str,
+    progress: ProgressCallback | None = None,
+) -> Iterator[list[np.ndarray]]:
+    """Yield lists of at most ``batch_size`` uint8 arrays; files are read lazily.
+
+    The one batching helper of every scorer (detectors and exported runtimes). ``progress`` gets
+    ``(description, images done, len(images))`` after each batch (see
+    :mod:`defectmap.progress`).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n = len(images)
+    if progress is not None:
+        progress(description, 0, n)
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        yield [as_image_array(images[i], i) for i in range(start, stop)]
+        if progress is not None:
+            progress(description, stop, n)

@@ -32,7 +32,7 @@ allowed. Anything else is reported as an unexpected file by ``defectmap data che
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +44,7 @@ from defectmap.constants import (
     TEXTURE_CATEGORIES,
 )
 from defectmap.data.io import IMAGE_EXTENSIONS, read_mask
-from defectmap.data.records import GOOD, CategoryData, Sample
+from defectmap.data.records import GOOD, CategoryData, Problem, Sample
 from defectmap.errors import DatasetError
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "load_category",
     "read_sample_mask",
     "scan_category",
+    "select_categories",
 ]
 
 #: In the ``folders`` layout, every n-th good image (by sorted name) becomes a test image.
@@ -65,26 +66,6 @@ _MASK_SUFFIX = "_mask"
 _ALLOWED_TOP_LEVEL_SUFFIXES = (".txt", ".md")
 #: Problem kinds that make :func:`load_category` fail (the others only concern ``check``).
 _FATAL_KINDS = ("layout", "mask_missing", "mask_orphan")
-
-
-@dataclass(frozen=True)
-class Problem:
-    """Something wrong with a dataset, found while scanning or checking it.
-
-    Attributes
-    ----------
-    kind : short machine name, e.g. ``"mask_missing"``, ``"unreadable_image"``.
-    path : the file or folder concerned.
-    message : one human-readable sentence.
-    """
-
-    kind: str
-    path: Path
-    message: str
-
-    def to_dict(self) -> dict[str, str]:
-        """JSON-ready form."""
-        return {"kind": self.kind, "path": str(self.path), "message": self.message}
 
 
 def category_kind(name: str) -> str | None:
@@ -130,6 +111,46 @@ def list_categories(root: str | Path) -> list[str]:
                   if p.is_dir() and _visible(p) and is_category_dir(p))
 
 
+def select_categories(
+    root: str | Path, categories: Sequence[str] | None = None, all_categories: bool = False
+) -> list[str]:
+    """The categories to run under a dataset root: named, all 15 official, or those on disk.
+
+    Parameters
+    ----------
+    root : dataset root holding one folder per category.
+    categories : names to run (they may be missing on disk; the runner reports them).
+    all_categories : the 15 official MVTec AD categories (missing ones included).
+
+    Returns
+    -------
+    list of str
+        ``categories`` as given, or :data:`~defectmap.constants.MVTEC_CATEGORIES`, or the
+        category folders found under ``root`` (sorted).
+
+    Raises
+    ------
+    DatasetError
+        ``root`` is not a folder, both ``categories`` and ``all_categories`` are given, or
+        nothing was named and ``root`` holds no category folder.
+    """
+    root = Path(root)
+    if categories and all_categories:
+        raise DatasetError("give either categories or all_categories, not both")
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset root does not exist or is not a folder")
+    if all_categories:
+        return list(MVTEC_CATEGORIES)
+    if categories:
+        return list(categories)
+    from defectmap.data.layouts import list_categories as any_layout
+
+    found = any_layout(root)
+    if not found:
+        raise DatasetError(f"{root}: no category folders found")
+    return found
+
+
 def _images_in(folder: Path, problems: list[Problem]) -> list[Path]:
     """Image files of ``folder`` (sorted); anything else visible is an unexpected file."""
     images = []
@@ -159,6 +180,23 @@ def _subfolders(
             problems.append(Problem("unexpected_file", entry,
                                     f"unexpected file in {folder.name}/ (expected folders)"))
     return subs
+
+
+def _good_split(folder: Path, split: str, name: str, problems: list[Problem]) -> list[Sample]:
+    """The good images of ``folder/split/good`` (a layout's train or validation split).
+
+    A missing folder is a ``missing_split`` problem; other folders beside ``good/`` are
+    unexpected.
+    """
+    good = folder / split / GOOD
+    if not good.is_dir():
+        problems.append(Problem("missing_split", good, f"missing folder {split}/good/"))
+        return []
+    for sub in _subfolders(folder / split, (), problems):
+        if sub.name != GOOD:
+            problems.append(Problem("unexpected_file", sub,
+                                    f"unexpected folder: {split} images are good only"))
+    return [Sample(p, split, 0, GOOD, None, name) for p in _images_in(good, problems)]
 
 
 def _scan_mvtec(folder: Path, name: str, problems: list[Problem]) -> CategoryData:
@@ -326,15 +364,19 @@ def read_sample_mask(sample: Sample, shape: tuple[int, int]) -> np.ndarray:
     """The ground-truth mask (H, W) bool of a test sample, checked against ``shape``.
 
     Good images and defective images without a mask file get an all-False mask of ``shape``
-    (the anomaly map's or image's (H, W)); a mask of another size is a :class:`DatasetError`
-    naming the mask and its image.
+    (the anomaly map's or image's (H, W)); an image with several masks (MVTec LOCO AD) gets
+    their union. A mask of another size is a :class:`DatasetError` naming the mask and its
+    image.
     """
-    if sample.label == 0 or sample.mask_path is None:
-        return np.zeros(shape, dtype=bool)
-    mask = read_mask(sample.mask_path)
-    if mask.shape != tuple(shape):
-        raise DatasetError(
-            f"{sample.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but "
-            f"{sample.path} needs {shape[1]}x{shape[0]}"
-        )
-    return mask
+    union = np.zeros(shape, dtype=bool)
+    if sample.label != 1:
+        return union
+    for path in sample.masks:
+        mask = read_mask(path)
+        if mask.shape != tuple(shape):
+            raise DatasetError(
+                f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but "
+                f"{sample.path} needs {shape[1]}x{shape[0]}"
+            )
+        union |= mask
+    return union

@@ -33,9 +33,7 @@ the same arguments give the same bytes (PNG encoding is deterministic).
 
 from __future__ import annotations
 
-import os
-import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -45,13 +43,14 @@ from PIL import Image
 from scipy import ndimage
 
 from defectmap.errors import DatasetError
-from defectmap.files import make_temp_dir
-from defectmap.progress import track
+from defectmap.files import atomic_output_dir
+from defectmap.progress import ProgressCallback, track
 
 __all__ = [
     "DEFECT_TYPES",
     "MIN_DEFECT_DELTA",
     "make_synthetic_dataset",
+    "render_defects",
     "render_pair",
 ]
 
@@ -343,10 +342,40 @@ def render_pair(
     mask : np.ndarray
         bool (S, S), exactly the pixels where ``image`` differs from ``normal``.
     """
+    normal, image, masks = render_defects(kind, size, grayscale, seed, key,
+                                          [] if defect is None else [defect])
+    return normal, image, masks[0] if masks else np.zeros((size, size), bool)
+
+
+def render_defects(
+    kind: Kind,
+    size: int,
+    grayscale: bool,
+    seed: int,
+    key: tuple[int, ...],
+    defects: Sequence[str],
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Render one image with several defects, one mask per defect.
+
+    Parameters
+    ----------
+    kind, size, grayscale, seed, key : as in :func:`render_pair`.
+    defects : names from :data:`DEFECT_TYPES`, applied in order (a later one may cover
+        part of an earlier one); empty for a good image.
+
+    Returns
+    -------
+    normal : uint8 image without defects.
+    image : uint8 image with the defects.
+    masks : one bool (S, S) mask per defect: the pixels that defect changed. Their union is
+        exactly where ``image`` differs from ``normal``.
+    """
     if kind not in ("object", "texture"):
         raise DatasetError(f"unknown synthetic kind {kind!r}; use 'object' or 'texture'")
-    if defect is not None and defect not in _DEFECTS:
-        raise DatasetError(f"unknown defect type {defect!r}; known: {', '.join(DEFECT_TYPES)}")
+    for defect in defects:
+        if defect not in _DEFECTS:
+            raise DatasetError(
+                f"unknown defect type {defect!r}; known: {', '.join(DEFECT_TYPES)}")
     style = _style(seed)
     rng = np.random.default_rng([seed, *key])
     render = _render_object if kind == "object" else _render_texture
@@ -356,22 +385,25 @@ def render_pair(
                     _NOISE_CLIP)
     old = _to_channels(scene.image, grayscale)
     normal = _finish(old, noise)
-    mask = np.zeros((size, size), bool)
-    if defect is None:
-        return normal, normal.copy(), mask
+    if not defects:
+        return normal, normal.copy(), []
     min_area = max(12, int(0.0015 * size * size))
-    for _ in range(50):
-        new, region = _DEFECTS[defect](rng, scene, size, style)
-        if region.sum() >= min_area:
-            break
-    else:  # pragma: no cover - geometry makes this practically impossible
-        raise DatasetError(f"could not place a {defect} defect on this image")
-    new = _to_channels(np.broadcast_to(new, scene.image.shape), grayscale)
-    # Pixel-exact masks: every region pixel changes by >= MIN_DEFECT_DELTA, nothing else does.
-    weak = region & (np.abs(new - old).max(axis=2) < MIN_DEFECT_DELTA)
-    new = np.where(weak[..., None], _contrast_shift(old, MIN_DEFECT_DELTA + 16), new)
-    defective = np.where(region[..., None], new, old)
-    return normal, _finish(defective, noise), region
+    current = old
+    masks = []
+    for defect in defects:
+        for _ in range(50):
+            new, region = _DEFECTS[defect](rng, scene, size, style)
+            if region.sum() >= min_area:
+                break
+        else:  # pragma: no cover - geometry makes this practically impossible
+            raise DatasetError(f"could not place a {defect} defect on this image")
+        new = _to_channels(np.broadcast_to(new, scene.image.shape), grayscale)
+        # Pixel-exact masks: every region pixel changes by >= MIN_DEFECT_DELTA, nothing else does.
+        weak = region & (np.abs(new - old).max(axis=2) < MIN_DEFECT_DELTA)
+        new = np.where(weak[..., None], _contrast_shift(old, MIN_DEFECT_DELTA + 16), new)
+        current = np.where(region[..., None], new, current)
+        masks.append(region)
+    return normal, _finish(current, noise), masks
 
 
 def _save_png(array: np.ndarray, path: Path) -> None:
@@ -389,6 +421,7 @@ def make_synthetic_dataset(
     grayscale: bool = False,
     seed: int = 0,
     overwrite: bool = False,
+    progress: ProgressCallback | None = None,
 ) -> Path:
     """Write a synthetic dataset in the MVTec AD layout and return its category folder.
 
@@ -404,6 +437,7 @@ def make_synthetic_dataset(
     grayscale : write 8-bit gray PNGs instead of RGB.
     seed : the same seed gives byte-identical files.
     overwrite : replace an existing ``out / category``; otherwise that is an error.
+    progress : reports ``(task, done, total)`` (see :mod:`defectmap.progress`).
 
     Returns
     -------
@@ -434,10 +468,9 @@ def make_synthetic_dataset(
         jobs.append(("test", name, per_type.get(name, 0), name))
         per_type[name] = per_type.get(name, 0) + 1
 
-    tmp = make_temp_dir(out, prefix=f".{category}.", suffix=".tmp")
-    try:
+    with atomic_output_dir(target, marker=None) as tmp:  # replaced only when complete
         for n, (split, folder, index, defect) in enumerate(
-            track(jobs, f"synthesising {category}", total=len(jobs))
+            track(jobs, f"synthesising {category}", progress)
         ):
             position = n if split == "train" else n - n_train
             _, image, mask = render_pair(kind, size, grayscale, seed,
@@ -448,10 +481,4 @@ def make_synthetic_dataset(
                           tmp / "ground_truth" / folder / f"{index:03d}_mask.png")
         (tmp / "train" / "good").mkdir(parents=True, exist_ok=True)
         (tmp / "test" / "good").mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target

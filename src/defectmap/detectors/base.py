@@ -27,7 +27,6 @@ import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar, cast
 
@@ -36,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from defectmap import __version__
+from defectmap.data.io import iter_batches
 from defectmap.errors import DefectmapError, ModelFileError, NotFittedError
 from defectmap.features.backbones import (
     OFFLINE_BACKBONES,
@@ -43,9 +43,10 @@ from defectmap.features.backbones import (
     backbone_weights,
     load_backbone,
 )
-from defectmap.features.preprocess import ImageInput, as_image_array, preprocess
+from defectmap.features.preprocess import ImageInput, preprocess
 from defectmap.files import to_jsonable, write_bytes, write_text
-from defectmap.progress import track
+from defectmap.prediction import Prediction
+from defectmap.progress import ProgressCallback
 
 FORMAT_VERSION = 2
 #: Formats this version reads (older ones are upgraded by ``Detector._upgrade_params``).
@@ -114,20 +115,6 @@ def check_array(array: np.ndarray, field: str, shape: Sequence[int | None],
         raise ParamError(field, "holds NaN or infinite values")
 
 
-@dataclass(frozen=True)
-class Prediction:
-    """Scores and anomaly maps of N images (higher = more anomalous).
-
-    Attributes
-    ----------
-    scores : float32 array (N,), one anomaly score per image.
-    maps : N float32 arrays (H_i, W_i), each at its input image's native size.
-    """
-
-    scores: np.ndarray
-    maps: list[np.ndarray]
-
-
 D = TypeVar("D", bound="Detector")
 _REGISTRY: dict[str, type[Detector]] = {}
 
@@ -192,22 +179,6 @@ def load_detector(directory: str | os.PathLike) -> Detector:
     except UnknownDetectorError as exc:
         raise ModelFileError(f"{Path(directory) / MODEL_JSON}: {exc}") from exc
     return cls.load(directory)
-
-
-def iter_batches(
-    images: Sequence[ImageInput], batch_size: int, description: str
-) -> Iterator[list[np.ndarray]]:
-    """Yield lists of at most ``batch_size`` uint8 arrays; files are read lazily.
-
-    The one batching helper of every detector, with a progress bar over the batches.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    n = len(images)
-    starts = range(0, n, batch_size)
-    for start in track(starts, description, total=len(starts)):
-        stop = min(start + batch_size, n)
-        yield [as_image_array(images[i], i) for i in range(start, stop)]
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -334,10 +305,18 @@ class Detector(ABC):
 
     # -- the verbs ----------------------------------------------------------------------
     @abstractmethod
-    def fit(self: D, images: Sequence[ImageInput]) -> D:
-        """Learn from defect-free images (arrays (H, W[, 3]) uint8 or paths); return self."""
+    def fit(self: D, images: Sequence[ImageInput], progress: ProgressCallback | None = None) -> D:
+        """Learn from defect-free images (arrays (H, W[, 3]) uint8 or paths); return self.
 
-    def predict(self, images: Sequence[ImageInput], batch_size: int = 1) -> Prediction:
+        ``progress`` (see :mod:`defectmap.progress`) goes to :meth:`_extract`.
+        """
+
+    def predict(
+        self,
+        images: Sequence[ImageInput],
+        batch_size: int = 1,
+        progress: ProgressCallback | None = None,
+    ) -> Prediction:
         """Score images and compute anomaly maps at each image's native size.
 
         Parameters
@@ -347,6 +326,7 @@ class Detector(ABC):
             image measured on a 2-core CPU (EfficientNet-Lite0 at 320 px: 28 ms/image at
             batch 1, 69 ms/image at batch 8: the depthwise convolutions are memory-bound,
             and larger batches fall out of cache).
+        progress : called as ``(task, images done, total)`` (see :mod:`defectmap.progress`).
 
         Returns
         -------
@@ -357,7 +337,7 @@ class Detector(ABC):
         scores: list[np.ndarray] = []
         maps: list[np.ndarray] = []
         with torch.inference_mode():
-            for batch in iter_batches(images, batch_size, f"Scoring with {self.name}"):
+            for batch in iter_batches(images, batch_size, f"Scoring with {self.name}", progress):
                 x = preprocess(batch, self.input_size, backbone.mean, backbone.std)
                 batch_scores, grid_maps = self._predict_batch(backbone(x))
                 sizes = [(img.shape[0], img.shape[1]) for img in batch]
@@ -498,10 +478,11 @@ class Detector(ABC):
     def _extract(
         self, images: Sequence[ImageInput], batch_size: int, description: str,
         embed: Callable[[list[torch.Tensor]], torch.Tensor],
+        progress: ProgressCallback | None = None,
     ) -> Iterator[torch.Tensor]:
         """Yield ``embed(backbone(batch))`` for each batch of images, without gradients."""
         backbone = self._backbone()
-        for batch in iter_batches(images, batch_size, description):
+        for batch in iter_batches(images, batch_size, description, progress):
             with torch.inference_mode():
                 x = preprocess(batch, self.input_size, backbone.mean, backbone.std)
                 yield embed(backbone(x))

@@ -31,6 +31,7 @@ from defectmap.detectors.base import (
 )
 from defectmap.features.backbones import DEFAULT_BACKBONE, load_backbone
 from defectmap.features.preprocess import ImageInput
+from defectmap.progress import ProgressCallback
 
 _FIT_BATCH = 1  # measured: batch 1 is fastest per image on a 2-core CPU (see base)
 
@@ -91,7 +92,9 @@ class PaDiM(Detector):
         check_number(self.sigma, "sigma", float, low=0.0)
         check_number(self.random_state, "random_state", int, low=0)
 
-    def fit(self, images: Sequence[ImageInput]) -> PaDiM:
+    def fit(
+        self, images: Sequence[ImageInput], progress: ProgressCallback | None = None
+    ) -> PaDiM:
         """Estimate the per-position Gaussians from defect-free images; return self."""
         self._check_params()
         if len(images) < 2:
@@ -106,7 +109,8 @@ class PaDiM(Detector):
         n = 0
         with torch.inference_mode():
             # extract -> accumulate sums in float64 (one pass, bounded memory)
-            for emb in self._extract(images, _FIT_BATCH, "PaDiM features", self._embed):
+            for emb in self._extract(images, _FIT_BATCH, "PaDiM features", self._embed,
+                                     progress):
                 x = emb.flatten(2).permute(2, 0, 1).double()          # (P, B, d)
                 batch_outer = torch.einsum("pbi,pbj->pij", x, x)
                 total = x.sum(1) if total is None else total + x.sum(1)

@@ -71,6 +71,7 @@ from defectmap.detectors.coreset import StreamingCoreset
 from defectmap.detectors.neighbors import NearestNeighborIndex
 from defectmap.features.backbones import DEFAULT_BACKBONE, load_backbone
 from defectmap.features.preprocess import ImageInput, as_image_array
+from defectmap.progress import ProgressCallback
 
 _FIT_BATCH = 1  # measured: batch 1 is fastest per image on a 2-core CPU (see base)
 #: Patches per first-stage chunk of the two-stage coreset: 65,536 x 64-d float32 = 16 MB,
@@ -230,7 +231,9 @@ class PatchCore(Detector):
     def _embed(self, features: list[torch.Tensor]) -> torch.Tensor:
         return aggregate_patches(features, self.n_features)
 
-    def fit(self, images: Sequence[ImageInput]) -> PatchCore:
+    def fit(
+        self, images: Sequence[ImageInput], progress: ProgressCallback | None = None
+    ) -> PatchCore:
         """Build the memory bank from defect-free images; return self."""
         self._check_params()
         if len(images) == 0:
@@ -240,7 +243,8 @@ class PatchCore(Detector):
         sampler: StreamingCoreset | None = None
         with torch.inference_mode():
             # extract -> accumulate into the coreset sampler (preallocated) -> subsample
-            for emb in self._extract(views, _FIT_BATCH, "PatchCore features", self._embed):
+            for emb in self._extract(views, _FIT_BATCH, "PatchCore features", self._embed,
+                                     progress):
                 patches = emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])
                 if sampler is None:
                     n_total = patches.shape[0] * len(views) // emb.shape[0]

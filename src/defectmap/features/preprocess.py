@@ -7,45 +7,14 @@ so the anomaly map covers the whole image; grayscale becomes 3 identical channel
 from __future__ import annotations
 
 from collections.abc import Sequence
-from os import PathLike
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from defectmap.errors import ImageReadError
+from defectmap.data.io import ImageInput, as_image_array
 
-ImageInput = np.ndarray | str | PathLike
-
-
-def as_image_array(image: ImageInput, index: int = 0) -> np.ndarray:
-    """Return an image as a uint8 array (H, W) or (H, W, 3); paths are read safely.
-
-    Parameters
-    ----------
-    image : a uint8 array (H, W), (H, W, 1) or (H, W, 3), or a path to an image file.
-    index : position of the image in its sequence (used in error messages).
-
-    Raises
-    ------
-    ImageReadError : the file cannot be read or the array has the wrong dtype/shape.
-    """
-    if not isinstance(image, np.ndarray):
-        from defectmap.data.io import read_image
-
-        return read_image(Path(image), mode="RGB")
-    if image.dtype != np.uint8:
-        raise ImageReadError(f"image #{index}: expected dtype uint8, got {image.dtype}")
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
-        raise ImageReadError(
-            f"image #{index}: expected shape (H, W) or (H, W, 3), got {image.shape}"
-        )
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        raise ImageReadError(f"image #{index}: empty image of shape {image.shape}")
-    return image
+__all__ = ["ImageInput", "as_image_array", "preprocess"]
 
 
 def preprocess(

@@ -48,7 +48,6 @@ from defectmap.metrics._input import (
     check_fpr_limit,
     common_dtype,
 )
-from defectmap.progress import track
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
@@ -145,7 +144,7 @@ def collect_pixels(
     n_regions = dict.fromkeys(n_normal, 0)
 
     # Pass 2: copy normal scores into their group's array; keep anomalous ones with weights.
-    for i in track(range(len(map_list)), "collecting pixels", total=len(map_list)):
+    for i in range(len(map_list)):
         m, k, key = map_list[i], mask_list[i], keys[i]
         start = filled[key]
         is_anom = None if k is None else np.asarray(k) != 0

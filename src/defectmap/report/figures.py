@@ -1,7 +1,8 @@
 """Figures of the evaluation report: curves and histograms (matplotlib, Agg) and gallery panels.
 
 The figure functions return PNG bytes, so the caller decides where they go (a file beside
-the report and a base64 ``<img>`` inside it). Nothing here reads files or prints.
+the report and a base64 ``<img>`` inside it). Heatmaps and contours come from
+:mod:`defectmap.report.render`. Nothing here reads files or prints.
 """
 
 from __future__ import annotations
@@ -13,11 +14,17 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
-from scipy import ndimage
 
-#: Colour of the ground-truth contour (green) and of the predicted-region contour (magenta).
-GT_COLOUR = (0, 220, 0)
-PRED_COLOUR = (255, 0, 255)
+from defectmap.report.render import (
+    GT_COLOUR,
+    PRED_COLOUR,
+    colour_scale,
+    draw_contour,
+    overlay_rgb,
+    resize_image,
+    resize_map,
+    resize_mask,
+)
 
 
 def _png(fig: Figure) -> bytes:
@@ -123,45 +130,6 @@ def histogram_figure(
     return _png(fig)
 
 
-def _resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize an (H,W) or (H,W,3) uint8 image to ``size`` = (width, height); RGB out."""
-    pil = Image.fromarray(image)
-    if pil.mode != "RGB":
-        pil = pil.convert("RGB")
-    return np.asarray(pil.resize(size, Image.Resampling.BILINEAR))
-
-
-def _resize_map(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize a float (H,W) map to ``size`` = (width, height) with bilinear interpolation."""
-    pil = Image.fromarray(np.asarray(values, dtype=np.float32), mode="F")
-    return np.asarray(pil.resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
-
-
-def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize a bool (H,W) mask to ``size`` = (width, height), nearest neighbour."""
-    pil = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255)
-    return np.asarray(pil.resize(size, Image.Resampling.NEAREST)) > 127
-
-
-def _draw_contour(rgb: np.ndarray, mask: np.ndarray | None, colour: tuple[int, int, int],
-                  width: int = 2) -> None:
-    """Paint the ``width``-pixel boundary of ``mask`` (H,W) bool onto ``rgb`` (H,W,3) in place."""
-    if mask is None or not mask.any():
-        return
-    inner = ndimage.binary_erosion(mask, iterations=width, border_value=0)
-    rgb[mask & ~inner] = colour
-
-
-def heat_colours(values: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
-    """Map a float (H,W) array to (H,W,3) uint8 colours of the ``jet`` colour map."""
-    from matplotlib import colormaps
-
-    span = vmax - vmin if vmax > vmin else 1.0
-    scaled = np.clip((np.asarray(values, dtype=np.float64) - vmin) / span, 0.0, 1.0)
-    rgba = colormaps["jet"](scaled, bytes=True)
-    return np.asarray(rgba[..., :3], dtype=np.uint8)
-
-
 def gallery_panel(
     image: np.ndarray,
     anomaly_map: np.ndarray,
@@ -171,8 +139,12 @@ def gallery_panel(
     vmax: float,
     caption: str,
     thumb: int = 192,
+    ground_truth: bool = True,
 ) -> bytes:
     """One gallery row: input | heatmap overlay | ground-truth contour | predicted contour.
+
+    Without ``ground_truth`` (a dataset without masks) the ground-truth panel is left out:
+    input | heatmap overlay | predicted contour.
 
     Parameters
     ----------
@@ -189,69 +161,38 @@ def gallery_panel(
         Text drawn above the row.
     thumb : int
         Longest side of each panel in pixels (the gallery stays small).
+    ground_truth : bool
+        Whether the dataset has masks, i.e. whether the ground-truth panel means anything.
     """
     h, w = image.shape[:2]
     scale = min(1.0, thumb / max(h, w))  # downscale only
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    base = _resize_image(image, size)
-    heat = heat_colours(_resize_map(anomaly_map, size), vmin, vmax)
-    overlay = (0.5 * base + 0.5 * heat).astype(np.uint8)
+    base = resize_image(image, size)
+    overlay = overlay_rgb(base, colour_scale(resize_map(anomaly_map, size), vmin=vmin, vmax=vmax))
     gt_panel = base.copy()
     if gt_mask is not None:
-        _draw_contour(gt_panel, _resize_mask(gt_mask, size), GT_COLOUR)
+        draw_contour(gt_panel, resize_mask(gt_mask, size), GT_COLOUR)
     pred_panel = base.copy()
     if pred_mask is not None:
         if gt_mask is not None:
             # Ground truth drawn thinly under the prediction for direct comparison.
-            _draw_contour(pred_panel, _resize_mask(gt_mask, size), GT_COLOUR, width=1)
-        _draw_contour(pred_panel, _resize_mask(pred_mask, size), PRED_COLOUR)
+            draw_contour(pred_panel, resize_mask(gt_mask, size), GT_COLOUR, width=1)
+        draw_contour(pred_panel, resize_mask(pred_mask, size), PRED_COLOUR)
 
+    panels = [(base, "input"), (overlay, "heatmap")]
+    if ground_truth:
+        panels.append((gt_panel, "ground truth"))
+    panels.append((pred_panel, "predicted"))
     gap, header = 6, 30
-    width = 4 * size[0] + 3 * gap
+    width = len(panels) * size[0] + (len(panels) - 1) * gap
     canvas = Image.new("RGB", (width, size[1] + header), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     draw.text((2, 2), caption, fill=(0, 0, 0))
-    titles = ("input", "heatmap", "ground truth", "predicted")
-    for i, (panel, title) in enumerate(zip((base, overlay, gt_panel, pred_panel), titles,
-                                           strict=True)):
+    for i, (panel, title) in enumerate(panels):
         canvas.paste(Image.fromarray(panel), (i * (size[0] + gap), header))
         draw.text((i * (size[0] + gap) + 2, 16), title, fill=(90, 90, 90))
     buf = io.BytesIO()
     canvas.save(buf, format="PNG", optimize=True)
-    return buf.getvalue()
-
-
-def overlay_png(
-    image: np.ndarray,
-    anomaly_map: np.ndarray,
-    pred_mask: np.ndarray | None,
-    vmin: float,
-    vmax: float,
-) -> bytes:
-    """Full-size overlay for ``predict``: image blended with its heatmap, regions outlined.
-
-    Parameters
-    ----------
-    image : np.ndarray, shape (H, W, 3) or (H, W), uint8
-    anomaly_map : np.ndarray, shape (H', W'), float (resized to the image if it differs)
-    pred_mask : np.ndarray of bool, shape (H', W'), or None
-        Predicted defect regions, outlined in magenta.
-    vmin, vmax : float
-        Colour scale of the heatmap.
-    """
-    h, w = image.shape[:2]
-    base = _resize_image(image, (w, h))
-    values = np.asarray(anomaly_map, dtype=np.float32)
-    if values.shape != (h, w):
-        values = _resize_map(values, (w, h))
-    out = (0.55 * base + 0.45 * heat_colours(values, vmin, vmax)).astype(np.uint8)
-    if pred_mask is not None:
-        mask = np.asarray(pred_mask, dtype=bool)
-        if mask.shape != (h, w):
-            mask = _resize_mask(mask, (w, h))
-        _draw_contour(out, mask, PRED_COLOUR, width=max(1, round(max(h, w) / 300)))
-    buf = io.BytesIO()
-    Image.fromarray(out).save(buf, format="PNG")
     return buf.getvalue()
 
 

@@ -113,16 +113,18 @@ def to_csv(table: Mapping[str, Any]) -> str:
 
 def to_rich(table: Mapping[str, Any], title: str = "benchmark") -> Any:
     """The table as a ``rich.table.Table`` (one column block per detector)."""
+    from rich.markup import escape
     from rich.table import Table
 
-    rich_table = Table(title=title)
+    rich_table = Table(title=escape(title))
     rich_table.add_column("category", style="bold")
     for det in table["detectors"]:
         for _, col_title in COLUMNS:
-            rich_table.add_column(f"{det}\n{col_title}", justify="right")
+            rich_table.add_column(escape(f"{det}\n{col_title}"), justify="right")
     body = _flat_rows(table)
     for i, cells in enumerate(body):
-        rich_table.add_row(*cells, end_section=(i == len(body) - 2),
+        # Names are data, not markup: a category called "[x]" must print as written.
+        rich_table.add_row(*(escape(str(c)) for c in cells), end_section=(i == len(body) - 2),
                            style="bold" if i == len(body) - 1 else None)
     return rich_table
 

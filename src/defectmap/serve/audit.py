@@ -95,7 +95,8 @@ def parse_timestamp(text: str) -> str:
 class AuditRecord:
     """One decision as stored in the log (the service's JSON is built from it).
 
-    ``regions`` is a list of ``{"bbox": [x0, y0, x1, y1], "area": int, "peak": float}``;
+    ``regions`` is a list of :meth:`defectmap.calibrate.Region.to_dict` dicts (``bbox``, ``area``,
+    ``peak``, ``centroid``);
     ``thresholds`` maps threshold names to values (empty without calibration); the ``*_path``
     fields are relative to the database's folder, or ``None`` when nothing was stored.
     """
@@ -310,7 +311,9 @@ def open_audit_log(target: str | Path) -> AuditLog:
     Raises
     ------
     AuditLogError
-        For a URL, or a path that cannot be opened as a SQLite database.
+        For a URL, a path in a folder that does not exist (it is not created: a typo must
+        not leave a stray folder and an empty log), or a path that cannot be opened as a
+        SQLite database.
     """
     text = str(target)
     if "://" in text:
@@ -318,4 +321,7 @@ def open_audit_log(target: str | Path) -> AuditLog:
             f"--db {text}: only SQLite files are supported for now "
             "(see defectmap.serve.audit for how a PostgreSQL store plugs in)"
         )
+    folder = Path(text).absolute().parent
+    if not folder.is_dir():
+        raise AuditLogError(f"{text}: the folder {folder} does not exist; create it first")
     return AuditLog(Path(text))
