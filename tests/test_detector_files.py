@@ -30,9 +30,10 @@ def images(synthetic_root: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
 
 @pytest.fixture(scope="module")
 def fitted(images) -> PatchCore:
-    """A PatchCore with format-1 behaviour (exact greedy, reweighted max, sigma 4)."""
+    """A PatchCore with format-1 behaviour (exact greedy, reweighted max, 1-NN, sigma 4)."""
     detector = create_detector("patchcore", input_size=SIZE, coreset_ratio=0.1,
-                               coreset="greedy", image_score="reweighted")
+                               coreset="greedy", image_score="reweighted", n_nearest=1,
+                               sigma=4.0)
     return detector.fit(images[0])
 
 
@@ -79,7 +80,7 @@ def test_format_1_without_reweight_means_patch_max(fitted, tmp_path: Path) -> No
     def to_v1(meta):
         meta["format"] = 1
         params = meta["params"]
-        for key in ("image_score", "coreset", "augment_rotations", "max_memory"):
+        for key in ("image_score", "coreset", "augment_rotations", "max_memory", "n_nearest"):
             params.pop(key)
         params["reweight"] = False
 
@@ -107,6 +108,7 @@ def test_unknown_format_is_named(fitted, tmp_path: Path, version) -> None:
         ("max_memory", 0, "params.max_memory: must be >= 1"),
         ("augment_rotations", "yes", "params.augment_rotations: expected true or false"),
         ("random_state", -1, "params.random_state: must be >= 0"),
+        ("n_nearest", 0, "params.n_nearest: must be >= 1"),
     ],
 )
 def test_invalid_params_are_rejected_on_load(fitted, tmp_path: Path, field, value, message):

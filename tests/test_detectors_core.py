@@ -200,3 +200,21 @@ def test_patchcore_reweighting_follows_eq7() -> None:
     expected = (1 - torch.exp(d[0]) / torch.exp(d).sum()) * patch_scores.max().double()
     assert got == pytest.approx(float(expected), rel=1e-5)
     assert 0 < got < float(patch_scores.max())
+
+
+@pytest.mark.parametrize("n_nearest", [1, 3])
+def test_patchcore_patch_score_is_mean_of_nearest_distances(n_nearest: int) -> None:
+    from defectmap.detectors import PatchCore
+
+    bank = _points(50, 8, 8)
+    det = PatchCore(n_features=8, n_nearest=n_nearest, image_score="patch_max")
+    det._set_state({"memory_bank": bank.numpy()}, {})
+    emb = _points(2 * 4 * 5, 8, 9).reshape(2, 4, 5, 8).permute(0, 3, 1, 2).contiguous()
+    det._embed = lambda features: features[0]  # type: ignore[method-assign]
+    scores, grid = det._predict_batch([emb])
+    queries = emb.permute(0, 2, 3, 1).reshape(-1, 8).double()
+    nearest = torch.cdist(queries, bank.double()).sort(dim=1).values[:, :n_nearest]
+    expected = nearest.mean(dim=1).reshape(2, 4, 5)
+    torch.testing.assert_close(grid.double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(scores.double(), expected.reshape(2, -1).max(dim=1).values,
+                               rtol=1e-5, atol=1e-5)
