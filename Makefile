@@ -4,17 +4,17 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # Everything the tests need: training (torch), export, both deployment runtimes, dev tools.
-EXTRAS := train,export,runtime,openvino,dev,lite12,faiss
+EXTRAS := train,export,runtime,openvino,dev,lite12,faiss,postgres
 SHELL  := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: demo test lint typecheck unit browser-deps bench clean
+.PHONY: demo test lint typecheck unit browser-deps db-deps bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --progress-bar off -c constraints.txt -e '.[$(EXTRAS)]' 2>&1 \
 	  | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
-	$(PY) -c 'import defectmap, torch, timm, torchvision, onnxscript, onnxruntime, openvino'
+	$(PY) -c 'import defectmap, torch, timm, torchvision, onnxscript, onnxruntime, openvino, psycopg'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -22,6 +22,9 @@ demo: $(STAMP)
 
 browser-deps:
 	@bash scripts/ensure-chromium.sh
+
+db-deps:
+	@bash scripts/ensure-postgres.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
@@ -32,7 +35,7 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q
 
-test: $(STAMP) browser-deps lint typecheck unit
+test: $(STAMP) browser-deps db-deps lint typecheck unit
 
 bench: $(STAMP)
 	$(PY) benchmarks/metrics.py

@@ -56,3 +56,30 @@ def loco_fixture() -> Path:
     if not (LOCO_FIXTURES / "reference.json").is_file():
         pytest.skip(f"LOCO reference fixture not found at {LOCO_FIXTURES}")
     return LOCO_FIXTURES
+
+
+@pytest.fixture(scope="session")
+def pg_server():  # type: ignore[no-untyped-def]
+    """A PostgreSQL server started for this run on 127.0.0.1 (see ``tests/pg_server.py``).
+
+    Skips with the reason when PostgreSQL cannot be started; under CI (``CI=true``, where
+    ``make test`` installs it) that is a failure instead.
+    """
+    import pg_server as pg
+
+    try:
+        server = pg.start()
+    except pg.Unavailable as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL is required under CI: {exc}")
+        pytest.skip(f"PostgreSQL tests skipped: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def audit_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh ``--db`` value: a SQLite file, then an empty PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "audit.sqlite3")
+    return str(request.getfixturevalue("pg_server").new_database())

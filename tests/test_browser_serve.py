@@ -91,3 +91,70 @@ def test_page_uploads_an_image_and_shows_decision_and_overlay(
     assert score_text == f"{row['score']:.4f}"
     assert first_row is not None and defect.name in first_row and row["decision"] in first_row
     assert shot.stat().st_size > 10_000
+
+
+def test_feedback_loop_in_the_page(
+    tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path, tmp_path: Path
+) -> None:
+    """Inspect, overrule a false alarm, update, promote, inspect again: it passes, and the
+    trail shows both versions."""
+    from defectmap.cli._common import run_app
+    from defectmap.registry import Registry
+
+    sync_api = _browser()
+    model_dir = trained_model_dir(tmp_path_factory, synthetic_root)
+    registry = tmp_path / "registry"
+    assert run_app(["models", "add", str(registry), str(model_dir), "--promote"]) == 0
+    first = Registry(registry).current()
+    assert first is not None
+    db = tmp_path / "audit.sqlite3"
+    sticker = synthetic_test_images(synthetic_root, tmp_path / "pasted")["pasted"][0]
+    app = create_app(registry, db_path=db, store_images=True, reload_s=0.2)
+    with LiveServer(app) as live, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 900})
+            page.goto(live.url + "/")
+            page.wait_for_function(
+                f"document.getElementById('model-info').textContent.includes('{first}')",
+                timeout=15_000)
+            page.set_input_files("#file", str(sticker))
+            page.wait_for_function("document.getElementById('decision').textContent === 'defect'",
+                                   timeout=60_000)
+            assert page.text_content("#r-version") == first
+            page.fill("#operator", "ana")
+            page.fill("#note", "label sticker")
+            page.click("#verdict-ok")
+            page.wait_for_function(
+                "document.getElementById('r-verdict').textContent.startsWith('ok by ana')",
+                timeout=15_000)
+
+            assert run_app(["update", str(registry), "--from-verdicts", str(db)]) == 0
+            second = Registry(registry).versions()[-1].id
+            assert second != first
+            assert run_app(["models", "promote", str(registry), second]) == 0
+            page.wait_for_function(
+                f"document.getElementById('model-info').textContent.includes('{second}')",
+                timeout=20_000)
+
+            page.set_input_files("#file", str(sticker))
+            page.wait_for_function(
+                f"document.getElementById('r-version').textContent === '{second}'",
+                timeout=60_000)
+            decision = page.text_content("#decision")
+            page.wait_for_function("document.querySelectorAll('#recent tr').length >= 2",
+                                   timeout=15_000)
+            rows = page.eval_on_selector_all(
+                "#recent tr", "rows => rows.map(r => Array.from(r.children, c => c.textContent))")
+            shot = tmp_path / "feedback_page.png"
+            page.screenshot(path=str(shot), full_page=True)
+            if os.environ.get("DEFECTMAP_KEEP_SCREENSHOT"):
+                shutil.copy(shot, Path(os.environ["DEFECTMAP_KEEP_SCREENSHOT"]).with_name(
+                    "feedback_page.png"))
+        finally:
+            browser.close()
+    assert decision == "ok"
+    # Newest first: the re-inspection by the new version, then the overruled false alarm.
+    assert [(r[1], r[2], r[5]) for r in rows] == [
+        (sticker.name, "ok", second), (sticker.name, "defect", first)]
+    assert rows[1][6] == "ok (ana)" and rows[0][6] == ""

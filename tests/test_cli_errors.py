@@ -85,6 +85,11 @@ BAD_FLAGS = [
     (["benchmark", "d", "--out", "o"], "--alpha", ["1"]),
     (["demo", "--out", "o"], "--seed", ["-1"]),
     (["serve", "m"], "--port", ["0", "65536", "-80"]),
+    (["serve", "m"], "--workers", ["0", "65"]),
+    (["serve", "m"], "--max-batch", ["0"]),
+    (["serve", "m"], "--max-wait-ms", ["-1", "1001"]),
+    (["serve", "m"], "--cache-mb", ["-1"]),
+    (["serve", "m"], "--pending-mb", ["0"]),
     (["evaluate-maps", "m", "d"], "--fpr-limit", ["0", "2"]),
     (["data", "synth", "o", "--category", "c"], "--n-train", ["0", "-5"]),
     (["data", "synth", "o", "--category", "c"], "--n-test", ["-1"]),
@@ -185,10 +190,11 @@ def test_busy_port_is_one_line(model_dir: Path, tmp_path: Path,
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        rc, out, err = _run(capsys, "serve", model_dir, "--port", port,
-                            "--db", tmp_path / "a.db")
-    assert rc == 1 and out == ""
-    assert err == f"error: cannot listen on 127.0.0.1:{port}: address already in use\n"
+        for workers in ("1", "2"):  # the multi-worker runner binds the same way
+            rc, out, err = _run(capsys, "serve", model_dir, "--port", port,
+                                "--db", tmp_path / "a.db", "--workers", workers)
+            assert rc == 1 and out == ""
+            assert err == f"error: cannot listen on 127.0.0.1:{port}: address already in use\n"
 
 
 def test_db_in_a_missing_folder_is_an_error(model_dir: Path, tmp_path: Path,

@@ -13,8 +13,8 @@ from pathlib import Path
 import defectmap
 
 ORDER = ["errors", "constants", "files", "progress", "prediction", "data", "runtime", "metrics",
-         "features", "detectors", "calibrate", "pipeline", "export", "report", "evaluate",
-         "serve", "demo", "cli"]
+         "features", "detectors", "calibrate", "pipeline", "registry", "export", "report",
+         "evaluate", "serve", "feedback", "demo", "cli"]
 PACKAGE = Path(defectmap.__file__).parent
 
 

@@ -117,6 +117,49 @@ def test_service_refuses_an_uncalibrated_model_unless_asked(
         assert client.get("/v1/model").json()["description"]["calibrated"] is False
 
 
+def test_a_promoted_uncalibrated_version_is_refused_by_a_following_service(
+    model_dir: Path, uncalibrated_dir: Path, tmp_path: Path,
+) -> None:
+    from defectmap.registry import Registry
+    from defectmap.serve.slot import ModelSlot
+
+    registry = Registry(tmp_path / "registry")
+    first = registry.add(model_dir).id
+    registry.promote(first)
+    slot = ModelSlot(registry.root, warmup=False)
+    lenient = ModelSlot(registry.root, warmup=False, uncalibrated=True)
+    second = registry.add(uncalibrated_dir, parent=first).id
+    registry.promote(second)
+    # The same refusal as at start: the calibrated version keeps serving, the reason is shown.
+    assert slot.check() is False and slot.current.version == first
+    assert slot.reload_error is not None and second in slot.reload_error
+    assert "calibration.json" in slot.reload_error
+    assert lenient.check() is True and lenient.current.version == second
+    assert lenient.current.model.calibration is None
+
+
+def test_workers_honour_uncalibrated_and_allow_mismatch(
+    uncalibrated_dir: Path, synthetic_root: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from defectmap.errors import UncalibratedModelError
+    from defectmap.serve.runner import ENV_SETTINGS, app_from_env
+
+    _, gray, _ = _variants(synthetic_root, tmp_path / "in")
+    settings = {"model_dir": str(uncalibrated_dir), "db_path": str(tmp_path / "a.db")}
+    monkeypatch.setenv(ENV_SETTINGS, json.dumps(settings))
+    with pytest.raises(UncalibratedModelError):
+        app_from_env()  # a worker refuses what the single process refuses
+    settings.update(uncalibrated=True, allow_mismatch=True)
+    monkeypatch.setenv(ENV_SETTINGS, json.dumps(settings))
+    with TestClient(app_from_env()) as client:
+        answer = client.post("/v1/inspect", files={"image": ("g.png", gray.read_bytes())})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["decision"] is None and answer.json()["score"] > 0
+
+
 # -- 3. inputs unlike the training images ---------------------------------------------------
 
 

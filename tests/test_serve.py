@@ -23,11 +23,13 @@ import pytest
 import uvicorn
 from PIL import Image
 
+from defectmap.calibrate.drift import drift_test
 from defectmap.cli._common import run_app
 from defectmap.data.io import read_image
 from defectmap.errors import DefectmapError
 from defectmap.evaluate.predict import predict_to_dir
-from defectmap.serve import AuditLog, AuditLogError, AuditRecord, create_app, open_audit_log
+from defectmap.serve import AuditRecord, create_app
+from defectmap.serve.audit import AuditLogError, AuditUnavailableError
 from defectmap.serve.policy import is_loopback
 
 # A hung server (a thread that never answers) fails its test instead of blocking the run.
@@ -225,7 +227,8 @@ def test_inspect_matches_library_and_is_logged(
         assert body["image_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
         assert body["filename"] == path.name
         assert (body["width"], body["height"]) == (128, 128)
-        assert body["model"] == {"name": model_dir.name, "hash": model.model_hash}
+        assert body["model"] == {"name": model_dir.name, "hash": model.model_hash,
+                                 "version": None}
         assert body["thresholds"]["image_threshold"] == threshold
         assert 0 < body["elapsed_ms"] < round_trip_ms  # measured inside the request
         assert len(body["regions"]) == len(expected.regions)
@@ -272,9 +275,20 @@ def test_inspection_list_filters(client: httpx.Client, images: dict[str, list[Pa
     stamps = [r["created_at"] for r in rows["inspections"]]
     assert stamps == sorted(stamps, reverse=True)
 
+    # Paging forward is ascending, by time or by seq, and misses nothing with a small limit.
     since = posted[1]["created_at"]
     after = client.get("/v1/inspections", params={"since": since, "limit": 1000}).json()
-    assert [r["id"] for r in after["inspections"]] == [b["id"] for b in reversed(posted[2:])]
+    assert [r["id"] for r in after["inspections"]] == [b["id"] for b in posted[2:]]
+    seen, cursor = [], posted[0]["seq"] - 1
+    while True:
+        page = client.get("/v1/inspections", params={"after": cursor, "limit": 2}).json()
+        if not page["inspections"]:
+            assert page["next_after"] is None
+            break
+        assert page["count"] <= 2
+        seen += [r["id"] for r in page["inspections"]]
+        cursor = page["next_after"]
+    assert seen[:5] == [b["id"] for b in posted]
 
     for decision in ("ok", "defect"):
         only = client.get("/v1/inspections", params={"decision": decision, "limit": 1000}).json()
@@ -287,6 +301,7 @@ def test_inspection_list_filters(client: httpx.Client, images: dict[str, list[Pa
     assert_error(client.get("/v1/inspections", params={"decision": "maybe"}), 400, "bad_query",
                  "decision")
     assert_error(client.get("/v1/inspections", params={"limit": 0}), 400, "bad_query", "limit")
+    assert_error(client.get("/v1/inspections", params={"after": -1}), 400, "bad_query", "after")
     assert_error(client.get("/v1/inspections", params={"limit": "ten"}), 422, "invalid_request",
                  "limit")
 
@@ -383,7 +398,8 @@ def test_decision_not_handed_out_when_audit_write_fails(
     before = audit_count(client)
 
     def failing_insert(record: AuditRecord) -> AuditRecord:
-        raise AuditLogError(f"{audit.path}: cannot write audit row {record.id}: disk I/O error")
+        raise AuditUnavailableError(
+            f"{audit.path}: cannot write audit row {record.id}: disk I/O error")
 
     monkeypatch.setattr(audit, "insert", failing_insert)
     assert_error(post_image(client, images["good"][0]), 503, "audit_unavailable", "disk I/O")
@@ -459,7 +475,8 @@ def test_rows_survive_restart_and_stored_pictures(
     assert stored_input.read_bytes() == images["pasted"][1].read_bytes()
     assert (tmp_path / kept["stored"]["overlay"]).read_bytes() == live_overlay
 
-    plain_app = create_app(model_dir, db_path=db, cache_size=1)
+    # A cache with room for one 128 x 128 entry (5 bytes per pixel plus the upload).
+    plain_app = create_app(model_dir, db_path=db, cache_bytes=128 * 128 * 5 + 40_000)
     with LiveServer(plain_app) as live, httpx.Client(base_url=live.url, timeout=60) as http:
         first = post_image(http, images["good"][2]).json()
         post_image(http, images["good"][3])  # pushes ``first`` out of the 1-entry cache
@@ -480,7 +497,7 @@ def test_rows_survive_restart_and_stored_pictures(
         assert overlay.status_code == 200 and overlay.content == live_overlay
         # ... and unstored ones say why they are gone.
         assert_error(http.get(first["links"]["overlay"]), 410, "picture_gone", "--store-images")
-    assert_error(gone, 410, "picture_gone", "last 1 inspections")
+    assert_error(gone, 410, "picture_gone", f"{128 * 128 * 5 + 40_000} bytes")
 
 
 def test_token_is_required_when_set(
@@ -525,44 +542,6 @@ def assert_one_error(err: str) -> None:
     """One error message (rich may wrap it at the terminal width), no traceback."""
     assert err.startswith("error:") and err.count("error:") == 1, err
     assert "Traceback" not in err
-
-
-def _record(i: int, decision: str) -> AuditRecord:
-    return AuditRecord(
-        id=f"id{i}", created_at="", filename=f"{i}.png", image_sha256="0" * 64, width=4,
-        height=3, score=float(i), normalized_score=None, p_value=None, decision=decision,
-        thresholds={"image_threshold": 1.5}, model_name="m", model_hash="h", elapsed_ms=1.0,
-        regions=[{"bbox": [0, 0, 2, 2], "area": 4, "peak": 2.5}],
-    )
-
-
-def test_audit_log_roundtrip_and_errors(tmp_path: Path) -> None:
-    log = AuditLog(tmp_path / "a.sqlite3")
-    stored = [log.insert(_record(i, "ok" if i % 2 else "defect")) for i in range(5)]
-    stamps = [r.created_at for r in stored]
-    assert stamps == sorted(set(stamps))  # strictly increasing
-    log.close()
-    reopened = open_audit_log(tmp_path / "a.sqlite3")
-    assert reopened.count() == 5
-    assert reopened.get("id3") == stored[3]
-    assert reopened.get("missing") is None
-    assert [r.id for r in reopened.query(decision="defect")] == ["id4", "id2", "id0"]
-    assert [r.id for r in reopened.query(since=stored[2].created_at)] == ["id4", "id3"]
-    with pytest.raises(AuditLogError, match="UNIQUE"):
-        reopened.insert(_record(1, "ok"))
-    assert reopened.count() == 5
-    later = reopened.insert(_record(9, "ok"))
-    assert later.created_at > stamps[-1]
-    assert [r.id for r in reopened.query(since=stamps[-1])] == ["id9"]
-    reopened.close()
-    with pytest.raises(AuditLogError, match="only SQLite"):
-        open_audit_log("postgresql://db.example/audit")
-    with pytest.raises(AuditLogError, match="cannot open"):
-        AuditLog(tmp_path)  # a directory is not a database file
-    garbage = tmp_path / "notes.sqlite3"
-    garbage.write_bytes(b"not a database, just text " * 100)
-    with pytest.raises(AuditLogError, match="notes.sqlite3.*cannot open"):
-        AuditLog(garbage)
 
 
 def test_loopback_detection() -> None:
@@ -610,3 +589,53 @@ def test_since_accepts_an_offset_whose_plus_became_a_space():
     assert parse_timestamp("2026-11-29 07:00:00") == expected
     with pytest.raises(AuditLogError):
         parse_timestamp("yesterday")
+
+
+def test_service_on_both_backends(
+    model_dir: Path, images: dict[str, list[Path]], audit_db: str
+) -> None:
+    """The same HTTP calls on SQLite and PostgreSQL: idempotency, verdicts, paging, drift."""
+    # Room for one decoded 128 x 128 upload at a time (8 bytes per pixel reserved).
+    app = create_app(model_dir, db_path=audit_db, pending_bytes=128 * 128 * 8, drift_window=10)
+    service = app.state.service
+    with LiveServer(app) as live, httpx.Client(base_url=live.url, timeout=60) as http:
+        first = http.post("/v1/inspect", headers={"Idempotency-Key": "cam1-0001"},
+                          files={"image": ("a.png", images["good"][0].read_bytes())})
+        again = http.post("/v1/inspect", headers={"Idempotency-Key": "cam1-0001"},
+                          files={"image": ("a.png", images["good"][0].read_bytes())})
+        assert first.status_code == again.status_code == 200
+        assert again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
+        assert "idempotent-replayed" not in first.headers
+
+        def send(path: Path) -> dict[str, Any]:
+            with httpx.Client(base_url=live.url, timeout=120) as client:
+                response = post_image(client, path)
+            assert response.status_code == 200, response.text
+            return response.json()
+
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            answers = list(pool.map(send, (images["good"] * 2)[:12]))
+        assert service.pending.peak == 128 * 128 * 8  # one decoded upload in flight at a time
+        assert service.pending.in_use == 0
+        assert http.get("/healthz").json()["inspections"] == 13
+        trail, cursor = [], 0
+        while page := http.get("/v1/inspections", params={"after": cursor, "limit": 5}).json()[
+                "inspections"]:
+            trail += page
+            cursor = page[-1]["seq"]
+        seen = [r["id"] for r in trail]
+        assert seen[0] == first.json()["id"] and set(seen[1:]) == {a["id"] for a in answers}
+        verdict = http.post(answers[0]["links"]["verdict"],
+                            json={"verdict": "defect", "operator": "ana", "note": "chip"})
+        assert verdict.status_code == 200 and verdict.json()["operator"] == "ana"
+        row = http.get(answers[0]["links"]["self"]).json()
+        assert row["verdict"]["verdict"] == "defect" and row["decision"] == answers[0]["decision"]
+
+        drift = http.get("/v1/health/drift").json()
+        cal = service.model.calibration
+        passed = [r["score"] for r in trail if r["decision"] == "ok"]  # in log order
+        expected = drift_test(cal.val_scores, cal.image_threshold, passed, window=10)
+        assert drift["n_parts"] == expected.n_parts == min(10, len(passed))
+        assert (drift["status"], drift["n_above"]) == (expected.status, expected.n_above)
+        assert drift["p_value"] == pytest.approx(expected.p_value)
+        assert drift["alpha"] == 0.001 and "beta-binomial" in drift["test"]

@@ -79,7 +79,8 @@ BANK_CHUNK_ROWS = 8192
 _ARGMIN_BLOCK = 32
 OPSET = 18
 #: Files of a model directory that travel into the exported folder.
-MODEL_FILES = ("model.json", "weights.safetensors", "calibration.json", "training.json")
+MODEL_FILES = ("model.json", "weights.safetensors", "calibration.json", "training.json",
+               "feedback.json")  # feedback.json: what an update learnt (defectmap.feedback)
 _ONNX_FILE = "model.onnx"
 _INPUT_NAMES = {"normalized": "input", "pixels": "pixels"}
 _OPENVINO_FILES = {"fp32": "openvino/model.xml", "fp16": "openvino/model-fp16.xml"}

@@ -12,6 +12,7 @@ from defectmap.cli import data as _data  # noqa: F401,E402
 from defectmap.cli import export as _export  # noqa: F401,E402
 from defectmap.cli import maps as _maps  # noqa: F401,E402
 from defectmap.cli import model as _model  # noqa: F401,E402
+from defectmap.cli import registry as _registry  # noqa: F401,E402
 from defectmap.cli import serve as _serve  # noqa: F401,E402
 from defectmap.cli._common import app, run_app
 

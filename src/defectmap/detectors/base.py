@@ -349,6 +349,20 @@ class Detector(ABC):
         all_scores = np.concatenate(scores) if scores else np.zeros(0, np.float32)
         return Prediction(scores=all_scores, maps=maps)
 
+    def add_good(
+        self,
+        images: Sequence[ImageInput],
+        radius: float | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> int:
+        """Learn from more defect-free images without refitting; return how much was added.
+
+        For parts an operator confirmed good after the model flagged them (false alarms).
+        ``radius`` bounds how far a new patch may stay from what the model holds, where the
+        detector keeps patches (PatchCore). Recalibrate afterwards.
+        """
+        raise NotImplementedError(f"{self.name} cannot add images after fit")
+
     def save(self, directory: str | os.PathLike) -> None:
         """Write ``model.json`` and ``weights.safetensors`` into ``directory`` (created if needed).
 

@@ -209,3 +209,39 @@ class StreamingCoreset:
         keep = greedy_on_projection(project(x, self.matrix), self.n_select,
                                     int(self.rng.integers(x.shape[0])))
         return x[torch.from_numpy(keep)]
+
+
+def greedy_cover(
+    features: torch.Tensor, start_dist: torch.Tensor, radius: float
+) -> np.ndarray:
+    """Greedy k-center continued from an existing bank until every point is within ``radius``.
+
+    ``start_dist[i]`` is point ``i``'s distance to the bank already chosen; each step picks
+    the point farthest from bank and picks so far (PatchCore's Alg. 1, not restarted), and the
+    selection stops once the farthest point is within ``radius``. Exact (no projection):
+    meant for the few thousand patches of a handful of images.
+
+    Parameters
+    ----------
+    features : float32 tensor (N, D), the candidate points.
+    start_dist : float32 tensor (N,), Euclidean distance of each to the existing bank.
+    radius : stop when every point is at most this far from the bank plus the picks.
+
+    Returns
+    -------
+    int64 array of distinct row indices in selection order (empty if already covered).
+    """
+    x = features.float().contiguous()
+    sq_norms = (x * x).sum(1)
+    min_d2 = start_dist.float().square().clone()
+    limit = float(radius) ** 2
+    picked: list[int] = []
+    while len(picked) < x.shape[0]:
+        current = int(torch.argmax(min_d2))
+        if float(min_d2[current]) <= limit:
+            break
+        picked.append(current)
+        d2 = torch.addmv(sq_norms, x, x[current], alpha=-2.0).add_(sq_norms[current])
+        torch.minimum(min_d2, d2.clamp_(min=0.0), out=min_d2)
+        min_d2[current] = 0.0
+    return np.asarray(picked, dtype=np.int64)

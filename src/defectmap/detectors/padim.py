@@ -52,6 +52,8 @@ class PaDiM(Detector):
 
     name = "padim"
     _fitted_attr = "inv_covariance_"
+    #: Images behind the statistics (None: a model saved before it was recorded).
+    n_samples_: int | None = None
     _strides = (4, 8, 16)
     _score_is_map_max = True
 
@@ -124,7 +126,54 @@ class PaDiM(Detector):
             self.mean_ = mean.float().contiguous()
             self.inv_covariance_ = torch.linalg.inv(cov).float().contiguous()
             self.grid_shape_ = tuple(emb.shape[-2:])
+            self.n_samples_ = n
         return self
+
+    def add_good(
+        self,
+        images: Sequence[ImageInput],
+        radius: float | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> int:
+        """Fold more defect-free images into the per-position Gaussians; return how many.
+
+        Used when an operator confirms that a flagged part is good (a false alarm). The
+        stored mean and inverse covariance give back the sums of :meth:`fit` (the
+        covariance is the float64 inverse of the stored float32 inverse, minus ``eps I``),
+        the new images' features are added to them, and mean and inverse covariance are
+        re-estimated over all ``n_samples_ + len(images)`` images, as a fit on all of them
+        would (up to float32 rounding of the stored inverse; see the tests for the
+        agreement). ``radius`` is not used: a Gaussian takes every image in. Recalibrate
+        afterwards.
+        """
+        self._check_fitted()
+        if self.n_samples_ is None:
+            raise ValueError("this PaDiM model was saved without n_samples; refit it to add "
+                             "images")
+        if len(images) == 0:
+            return 0
+        n = int(self.n_samples_)
+        mean = self.mean_.double()
+        d = mean.shape[1]
+        eye = torch.eye(d, dtype=torch.float64)
+        cov = torch.linalg.inv(self.inv_covariance_.double()) - self.eps * eye
+        total = n * mean
+        outer = (n - 1) * cov + n * torch.einsum("pi,pj->pij", mean, mean)
+        added = 0
+        with torch.inference_mode():
+            for emb in self._extract(images, _FIT_BATCH, "PaDiM features", self._embed,
+                                     progress):
+                x = emb.flatten(2).permute(2, 0, 1).double()          # (P, B, d)
+                total = total + x.sum(1)
+                outer = outer + torch.einsum("pbi,pbj->pij", x, x)
+                added += x.shape[1]
+            n += added
+            mean = total / n
+            cov = (outer - n * torch.einsum("pi,pj->pij", mean, mean)) / (n - 1)
+            self.mean_ = mean.float().contiguous()
+            self.inv_covariance_ = torch.linalg.inv(cov + self.eps * eye).float().contiguous()
+            self.n_samples_ = n
+        return added
 
     def _predict_batch(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         emb = self._embed(features)
@@ -144,7 +193,7 @@ class PaDiM(Detector):
             "mean": self.mean_.numpy(),
             "inv_covariance": self.inv_covariance_.numpy(),
         }
-        return arrays, {"grid_shape": list(self.grid_shape_)}
+        return arrays, {"grid_shape": list(self.grid_shape_), "n_samples": self.n_samples_}
 
     def _set_state(self, arrays: dict[str, np.ndarray], extra: dict[str, Any]) -> None:
         grid = extra.get("grid_shape")
@@ -164,4 +213,8 @@ class PaDiM(Detector):
         self.mean_ = torch.from_numpy(np.ascontiguousarray(arrays["mean"]))
         self.inv_covariance_ = torch.from_numpy(np.ascontiguousarray(arrays["inv_covariance"]))
         self.channel_indices_ = torch.from_numpy(np.ascontiguousarray(idx))
+        # None for models saved before add_good existed (they cannot add images).
+        n_samples = extra.get("n_samples")
+        check_number(n_samples, "state.n_samples", int, low=2, optional=True)
+        self.n_samples_ = None if n_samples is None else int(n_samples)
         self.grid_shape_ = (grid[0], grid[1])

@@ -92,7 +92,7 @@ from defectmap.detectors.base import (
     check_number,
     register_detector,
 )
-from defectmap.detectors.coreset import StreamingCoreset
+from defectmap.detectors.coreset import StreamingCoreset, greedy_cover
 from defectmap.detectors.neighbors import NearestNeighborIndex
 from defectmap.features.backbones import DEFAULT_BACKBONE, load_backbone
 from defectmap.features.preprocess import ImageInput, as_image_array
@@ -289,16 +289,78 @@ class PatchCore(Detector):
             self.index_ = NearestNeighborIndex(self.memory_bank_)
         return self
 
+    def add_good(
+        self,
+        images: Sequence[ImageInput],
+        radius: float | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> int:
+        """Add patches of more defect-free images to the memory bank; return how many rows.
+
+        Used when an operator confirms that a flagged part is good (a false alarm). The
+        coreset selection of :meth:`fit` is continued over the new images' patches
+        (:func:`~defectmap.detectors.coreset.greedy_cover`, starting from each new patch's
+        score): patches the bank already covers are never added, and picking stops once
+        every new patch is within ``radius`` of a pick or already scores at most ``radius``.
+        Each pick is stored ``n_nearest`` times, so that a patch's mean distance to its
+        ``n_nearest`` nearest entries is at most its distance to the pick. Since a map is a
+        smoothed upsampling of the patch scores, none of these images then has a map value
+        above ``radius``; pass the calibrated pixel
+        threshold to make them free of predicted defects. The detector's other state and
+        its parameters are unchanged; recalibrate afterwards (validation scores can only
+        fall).
+
+        Parameters
+        ----------
+        images : defect-free images (uint8 arrays (H, W[, 3]) or paths).
+        radius : largest distance left between a new patch and the bank (> 0); None adds
+            every patch the bank does not already hold.
+        progress : reports the feature extraction (see :mod:`defectmap.progress`).
+
+        Returns
+        -------
+        int
+            Number of memory-bank rows added (``n_nearest`` per picked patch; 0 when the
+            bank already covered every new patch).
+        """
+        self._check_fitted()
+        if radius is not None and not radius > 0:
+            raise ValueError(f"radius must be > 0, got {radius}")
+        if len(images) == 0:
+            return 0
+        with torch.inference_mode():
+            patches = torch.cat([
+                emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])
+                for emb in self._extract(images, _FIT_BATCH, "PatchCore features", self._embed,
+                                         progress)
+            ])
+            start = self._patch_scores(patches)
+            keep = greedy_cover(patches, start, 0.0 if radius is None else radius)
+            rows = patches[torch.from_numpy(keep)].repeat_interleave(int(self.n_nearest), 0)
+            if rows.shape[0]:
+                self.memory_bank_ = torch.cat([self.memory_bank_, rows]).contiguous()
+                self.index_ = NearestNeighborIndex(self.memory_bank_)
+        return int(rows.shape[0])
+
+    def _patch_scores(self, queries: torch.Tensor) -> torch.Tensor:
+        """Scores (Q,) of patch features (Q, C): mean distance to the n_nearest nearest."""
+        return self._search(queries)[0]
+
+    def _search(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patch scores (Q,) and the index (Q,) of each patch's nearest memory entry."""
+        k = min(int(self.n_nearest), self.memory_bank_.shape[0])
+        dist, idx = self.index_.search(queries, k)
+        return (dist[:, 0] if k == 1 else dist.mean(dim=1)), idx[:, 0]
+
     def _predict_batch(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         emb = self._embed(features)
         b, c, h, w = emb.shape
         queries = emb.permute(0, 2, 3, 1).reshape(-1, c)
-        k = min(int(self.n_nearest), self.memory_bank_.shape[0])
-        dist, idx = self.index_.search(queries, k)
-        patch_scores = (dist[:, 0] if k == 1 else dist.mean(dim=1)).reshape(b, h * w)
+        distances, nearest = self._search(queries)
+        patch_scores = distances.reshape(b, h * w)
         scores = patch_scores.max(dim=1).values
         if self.image_score == "reweighted" and self.memory_bank_.shape[0] > 1:
-            nn_index = idx[:, 0].reshape(b, h * w)
+            nn_index = nearest.reshape(b, h * w)
             scores = self._reweight(queries.reshape(b, h * w, c), patch_scores, nn_index)
         return scores, patch_scores.reshape(b, h, w)
 

@@ -12,10 +12,16 @@ Endpoints (all ``/v1`` calls need ``Authorization: Bearer TOKEN`` when a token i
   peak, centroid}``, model name and hash, thresholds, elapsed ms (decode + inference) and
   links to the heatmap and overlay). The row is committed to the audit log *before* the
   answer is sent, so every decision a client sees is traceable.
+  With an ``Idempotency-Key`` header, a repeated key answers the row logged under it
+  (header ``Idempotent-Replayed: true``) instead of inspecting again.
 * ``GET /v1/inspections/{id}/heatmap.png`` and ``.../overlay.png`` — pictures of one inspection.
-* ``GET /v1/inspections?since=&decision=&limit=`` and ``GET /v1/inspections/{id}`` — the
-  audit trail, newest first.
-* ``GET /v1/model`` — detector, params, thresholds, training-data summary, hash.
+* ``POST /v1/inspections/{id}/verdict`` — JSON ``{verdict: ok|defect, operator, note}``: an
+  operator's verdict, stored beside the decision (which is never changed).
+* ``GET /v1/inspections?since=&after=&decision=&limit=`` and ``GET /v1/inspections/{id}`` —
+  the audit trail: newest first, or with ``after=<seq>`` / ``since=<time>`` ascending from
+  that point (``next_after`` of each page is the cursor of the next: no row is missed).
+* ``GET /v1/model`` — detector, params, thresholds, training-data summary, hash, version.
+* ``GET /v1/health/drift`` — the drift check of passed parts against calibration.
 * ``GET /healthz`` (no token) and ``GET /`` — the web page (static HTML + JS, no build step).
 
 Errors
@@ -24,8 +30,10 @@ Every error is JSON ``{"error": code, "detail": message}``: 400 empty or unreada
 and bad query values, 401 missing/wrong token, 404 unknown id or path, 410 picture no
 longer held, 413 upload over the byte limit or image over the pixel limit, 415 not an
 image, 422 wrong form field or an image unlike the training images (``input_mismatch``),
-503 the audit row cannot be written (the decision is then not handed out), 500 an
-unexpected failure (a bug; no row is written). The service keeps serving after each.
+503 the audit log cannot be read or written (disk full, read-only database, server down: the
+decision is then not handed out) or the service is full, 500 an unexpected failure (a bug;
+no row is written). The service keeps serving after each, and answers again by itself once
+the database is back.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, File, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Header, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.params import Depends as DependsParam
@@ -49,15 +57,20 @@ from defectmap import __version__
 from defectmap.constants import MAX_IMAGE_PIXELS
 from defectmap.data.io import MAX_UPLOAD_BYTES
 from defectmap.errors import DefectmapError
-from defectmap.serve.audit import AuditLogError
+from defectmap.serve.audit import AuditLogError, AuditUnavailableError
+from defectmap.serve.batching import DEFAULT_PENDING_BYTES
+from defectmap.serve.pictures import DEFAULT_CACHE_BYTES
 from defectmap.serve.policy import check_token
 from defectmap.serve.schemas import (
+    DriftOut,
     ErrorOut,
     Health,
     InspectionList,
     InspectionOut,
     Limits,
     ModelInfo,
+    VerdictIn,
+    VerdictOut,
 )
 from defectmap.serve.service import ApiError, InspectionService
 
@@ -76,8 +89,14 @@ ASGIApp = Callable[
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorOut, "description": text}
     for status, text in ((400, "Bad input"), (401, "Missing or wrong bearer token"),
-                         (404, "Unknown id"), (422, "Invalid request"))
+                         (404, "Unknown id"), (422, "Invalid request"),
+                         (503, "Audit log unavailable or service full"))
 }
+_DRIFT_TEST = (
+    "two-sided exact beta-binomial test of how many of the last `window` passed parts score "
+    "above the calibration's middle passing score; false-alarm rate `alpha` per check under "
+    "no drift (see defectmap.calibrate.drift)"
+)
 _PNG: dict[int | str, dict[str, Any]] = {
     200: {"content": {"image/png": {}}, "description": "PNG picture"},
     410: {"model": ErrorOut, "description": "Picture no longer held"},
@@ -206,19 +225,20 @@ def create_app(
     store_images: bool = False,
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
     max_pixels: int = MAX_IMAGE_PIXELS,
-    cache_size: int = 32,
-    runtime: str | None = None,
-    uncalibrated: bool = False,
-    allow_mismatch: bool = False,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+    pending_bytes: int = DEFAULT_PENDING_BYTES,
+    **options: Any,
 ) -> FastAPI:
     """Build the inspection service's FastAPI app (the model is loaded now, not lazily).
 
     Parameters
     ----------
     model_dir : str or Path
-        Trained model directory (``defectmap fit`` / ``train_model`` output).
+        Trained model directory (``defectmap fit`` / ``train_model`` output), or a model
+        registry (its ``current`` version is served and followed).
     db_path : str or Path, optional
-        SQLite audit database (created if missing); default ``./defectmap-audit.sqlite3``.
+        SQLite audit database (created if missing) or ``postgresql://`` URL; default
+        ``./defectmap-audit.sqlite3``.
     token : str, optional
         When set, every ``/v1`` call needs ``Authorization: Bearer <token>``.
     store_images : bool
@@ -227,14 +247,13 @@ def create_app(
         Largest accepted upload in bytes (413 above).
     max_pixels : int
         Largest accepted ``width * height`` (413 above, checked before decoding).
-    cache_size : int
-        Number of recent maps held in memory for the picture links.
-    runtime : str, optional
-        ``"torch"``, ``"onnxruntime"`` or ``"openvino"``; None: the fastest installed one the
-        model folder was exported for.
-    uncalibrated, allow_mismatch : bool
-        Accept a model without calibration, and uploads unlike the training images (see
-        :class:`~defectmap.serve.service.InspectionService`).
+    cache_bytes : int
+        Byte budget of the recent maps held for the picture links.
+    pending_bytes : int
+        Byte budget of decoded uploads waiting for inference.
+    **options
+        The other keyword arguments of :class:`InspectionService` (batching, drift,
+        ``runtime``, ``uncalibrated``, ``allow_mismatch``, ...).
 
     Returns
     -------
@@ -250,14 +269,13 @@ def create_app(
     check_token(token)
     service = InspectionService(
         model_dir, db_path, store_images=store_images, max_upload_bytes=max_upload_bytes,
-        max_pixels=max_pixels, cache_size=cache_size, runtime=runtime,
-        uncalibrated=uncalibrated, allow_mismatch=allow_mismatch,
+        max_pixels=max_pixels, cache_bytes=cache_bytes, pending_bytes=pending_bytes, **options,
     )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
-        service.audit.close()
+        service.close()
 
     app = FastAPI(
         lifespan=lifespan,
@@ -278,11 +296,14 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=_STATIC_DIR), name="static")
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses={503: {"model": ErrorOut,
+                                          "description": "Audit log unavailable"}})
     def healthz() -> Health:
         """Liveness: the model is loaded and the audit database answers (no token needed)."""
-        return Health(status="ok", model=service.model_name, inspections=service.audit.count(),
-                      token_required=token is not None)
+        served = service.served
+        return Health(status="ok", model=served.name, model_version=served.version,
+                      inspections=service.audit.count(), token_required=token is not None,
+                      reload_error=service.slot.reload_error)
 
     v1 = APIRouter(prefix="/v1", responses=_ERRORS,
                    dependencies=[] if token is None else [_token_dependency(token)])
@@ -296,9 +317,14 @@ def create_app(
     })
     async def inspect(
         request: Request,
+        response: Response,
         image: UploadFile | None = File(
             None, description="The image file (PNG, JPEG, BMP or TIFF) in the field 'image'."
         ),
+        idempotency_key: str | None = Header(
+            None, max_length=200,
+            description="A client's id for this request: a retry with the same key gets the "
+            "row already logged under it instead of a second inspection."),
     ) -> InspectionOut:
         """Inspect one image; the decision is in the audit log before this answers."""
         if image is None:
@@ -312,19 +338,45 @@ def create_app(
             )
         data = await image.read(service.max_upload_bytes + 1)
         filename = image.filename or "upload"
-        record = await run_in_threadpool(service.inspect_upload, data, filename)
+        record, replayed = await run_in_threadpool(
+            service.inspect_upload, data, filename, idempotency_key)
+        if replayed:
+            response.headers["Idempotent-Replayed"] = "true"
         return InspectionOut.from_record(record)
 
     @v1.get("/inspections")
     def list_inspections(
-        since: str | None = Query(None, description="ISO-8601 time; rows created after it."),
+        since: str | None = Query(None, description="ISO-8601 time; rows created after it, "
+                                  "oldest first."),
+        after: int | None = Query(None, description="A seq; rows after it, oldest first."),
         decision: str | None = Query(None, description="'ok' or 'defect'."),
         limit: int = Query(50, description="At most this many rows (1 to 1000)."),
     ) -> InspectionList:
-        """The audit trail, newest first."""
-        rows = service.audit.query(since=since, decision=decision, limit=limit)
+        """The audit trail: newest first, or ascending from ``after``/``since``."""
+        rows = service.audit.query(since=since, decision=decision, limit=limit, after=after)
+        seqs = [r.seq for r in rows if r.seq is not None]
         return InspectionList(inspections=[InspectionOut.from_record(r) for r in rows],
-                              count=len(rows))
+                              count=len(rows), next_after=max(seqs) if seqs else None)
+
+    @v1.post("/inspections/{inspection_id}/verdict")
+    def add_verdict(inspection_id: str, body: VerdictIn) -> VerdictOut:
+        """Store an operator's verdict beside the model's decision (never replacing it)."""
+        verdict = service.add_verdict(inspection_id, body.verdict, body.operator, body.note)
+        return VerdictOut.from_verdict(verdict)
+
+    @v1.get("/health/drift")
+    def drift() -> DriftOut:
+        """Whether the passed parts' scores have drifted from calibration."""
+        served = service.served
+        result = service.drift()
+        if result is None:
+            return DriftOut(status="uncalibrated", alarm=False, p_value=None, n_parts=0,
+                            n_above=0, expected_share=None, observed_share=None,
+                            reference_score=None, window=service.drift_window,
+                            alpha=service.drift_alpha, direction=None,
+                            model_version=served.version, test=_DRIFT_TEST)
+        return DriftOut.model_validate({**result.to_dict(), "model_version": served.version,
+                                        "test": _DRIFT_TEST})
 
     @v1.get("/inspections/{inspection_id}")
     def get_inspection(inspection_id: str) -> InspectionOut:
@@ -352,12 +404,13 @@ def create_app(
     @v1.get("/model")
     def model_info() -> ModelInfo:
         """Detector, params, thresholds and training-data summary of the served model."""
+        served = service.served
         return ModelInfo(
-            name=service.model_name, hash=service.model_hash, runtime=service.model.runtime,
-            thresholds=service.thresholds,
+            name=served.name, hash=served.hash, version=served.version,
+            runtime=served.runtime, thresholds=served.thresholds,
             limits=Limits(max_upload_bytes=service.max_upload_bytes,
                           max_pixels=service.max_pixels),
-            description=service.description,
+            description=served.description,
         )
 
     app.include_router(v1)
@@ -373,6 +426,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(AuditLogError)
     async def _audit_error(request: Request, exc: AuditLogError) -> JSONResponse:
+        if isinstance(exc, AuditUnavailableError):
+            return _error(503, "audit_unavailable", str(exc))
         return _error(400, "bad_query", str(exc))
 
     @app.exception_handler(DefectmapError)

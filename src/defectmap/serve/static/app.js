@@ -6,6 +6,7 @@ const $ = (id) => document.getElementById(id);
 const POLL_MS = 3000;
 let overlayUrl = null;
 let tokenRequired = false;
+let shown = null; // the inspection in the result panel
 
 function authHeaders() {
   const token = $("token").value.trim();
@@ -48,6 +49,9 @@ async function showInspection(row) {
   $("r-regions").textContent = row.regions.length === 0 ? "none" : row.regions
     .map((r) => "[" + r.bbox.join(", ") + "] area " + r.area + " peak " + fmt(r.peak, 3))
     .join("; ");
+  $("r-version").textContent = row.model.version || row.model.hash.slice(0, 16);
+  $("r-verdict").textContent = verdictText(row.verdict);
+  shown = row;
   // The picture is fetched with the token header, then shown from a blob URL.
   const img = $("overlay");
   try {
@@ -59,6 +63,57 @@ async function showInspection(row) {
   } catch (err) {
     img.style.display = "none";
     setStatus("overlay: " + err.message, true);
+  }
+}
+
+function verdictText(verdict) {
+  if (!verdict) return "none yet";
+  return verdict.verdict + " by " + verdict.operator + (verdict.note ? " (" + verdict.note + ")" : "");
+}
+
+async function sendVerdict(word) {
+  if (!shown) return;
+  const operator = $("operator").value.trim();
+  if (!operator) {
+    setStatus("enter your name as operator first", true);
+    return;
+  }
+  localStorage.setItem("defectmap-operator", operator);
+  try {
+    const response = await api(shown.links.verdict, {
+      method: "POST",
+      headers: Object.assign({ "Content-Type": "application/json" }, authHeaders()),
+      body: JSON.stringify({ verdict: word, operator: operator, note: $("note").value.trim() }),
+    });
+    const verdict = await response.json();
+    $("r-verdict").textContent = verdictText(verdict);
+    $("note").value = "";
+    setStatus("verdict stored: " + shown.filename + " is " + word, false);
+    refreshRecent();
+  } catch (err) {
+    setStatus("verdict: " + err.message, true);
+  }
+}
+
+async function refreshDrift() {
+  if (tokenRequired && !$("token").value.trim()) return;
+  try {
+    const d = await (await api("/v1/health/drift")).json();
+    const box = $("drift");
+    box.className = d.status === "alarm" ? "alarm" : d.status === "ok" ? "ok" : "";
+    if (d.status === "alarm") {
+      box.textContent = "DRIFT ALARM: scores " + d.direction + " (p = " + d.p_value.toExponential(1)
+        + ", " + d.n_above + "/" + d.n_parts + " above the reference)";
+    } else if (d.status === "ok") {
+      box.textContent = "drift: ok (p = " + fmt(d.p_value, 3) + ")";
+    } else if (d.status === "collecting") {
+      box.textContent = "drift: collecting " + d.n_parts + "/" + d.window + " passed parts";
+    } else {
+      box.textContent = "drift: no calibration";
+    }
+    box.title = d.test;
+  } catch (err) {
+    $("drift").textContent = "drift: " + err.message;
   }
 }
 
@@ -90,7 +145,9 @@ async function refreshRecent() {
     for (const row of body.inspections) {
       const tr = document.createElement("tr");
       const cells = [row.created_at.replace("T", " ").slice(0, 19), row.filename,
-        row.decision || "–", fmt(row.score, 4), String(row.regions.length)];
+        row.decision || "–", fmt(row.score, 4), String(row.regions.length),
+        row.model.version || row.model.hash.slice(0, 16),
+        row.verdict ? row.verdict.verdict + " (" + row.verdict.operator + ")" : ""];
       for (const text of cells) {
         const td = document.createElement("td");
         td.textContent = text;
@@ -105,14 +162,27 @@ async function refreshRecent() {
   }
 }
 
+async function refreshHealth() {
+  try {
+    const health = await (await fetch("/healthz")).json();
+    $("model-info").textContent = "model " + health.model
+      + (health.model_version ? " version " + health.model_version : "")
+      + (health.reload_error ? " (new version not loaded: " + health.reload_error + ")" : "");
+  } catch (_) { /* shown by the next call */ }
+}
+
 async function start() {
   const saved = sessionStorage.getItem("defectmap-token");
   if (saved) $("token").value = saved;
+  $("operator").value = localStorage.getItem("defectmap-operator") || "";
+  $("verdict-ok").addEventListener("click", () => sendVerdict("ok"));
+  $("verdict-defect").addEventListener("click", () => sendVerdict("defect"));
   try {
     const health = await (await fetch("/healthz")).json();
     tokenRequired = health.token_required;
     if (tokenRequired) $("token-box").style.display = "inline";
-    $("model-info").textContent = "model " + health.model;
+    $("model-info").textContent = "model " + health.model
+      + (health.model_version ? " version " + health.model_version : "");
   } catch (err) {
     setStatus("service unreachable: " + err.message, true);
   }
@@ -133,7 +203,8 @@ async function start() {
   });
   $("token").addEventListener("change", refreshRecent);
   refreshRecent();
-  setInterval(refreshRecent, POLL_MS);
+  refreshDrift();
+  setInterval(() => { refreshRecent(); refreshDrift(); refreshHealth(); }, POLL_MS);
 }
 
 start();
