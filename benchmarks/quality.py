@@ -314,7 +314,11 @@ def main() -> None:
                         help="MVTec-layout category folders (default: the shared bottle)")
     parser.add_argument("--quick", action="store_true", help="small, fast run (see above)")
     parser.add_argument("--no-synthetic", action="store_true")
+    parser.add_argument("--synthetic-only", action="store_true",
+                        help="only the synthetic categories")
     parser.add_argument("--no-coreset", action="store_true", help="skip the coreset variants")
+    parser.add_argument("--coreset-only", action="store_true",
+                        help="only the coreset variants (on the first category)")
     parser.add_argument("--synthetic-dir", type=Path, default=None,
                         help="keep (and reuse) the generated synthetic data here")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
@@ -343,6 +347,8 @@ def main() -> None:
 
     repeats = args.repeats or (1 if args.quick else 3)
     roots = [p.resolve() for p in (args.roots or [r for r in DEFAULT_ROOTS if r.is_dir()])]
+    if args.synthetic_only:
+        roots = []
     with tempfile.TemporaryDirectory() as tmp:
         if not args.no_synthetic:
             synth_dir = args.synthetic_dir or Path(tmp)
@@ -350,7 +356,7 @@ def main() -> None:
             roots += [make_synthetic(synth_dir / str(size), kind, gray, size, n_train, n_test)
                       for kind, gray in SYNTHETIC]
         rows = []
-        for root in roots:
+        for root in [] if args.coreset_only else roots:
             for config in args.configs:
                 runs = [_child({"kind": "fit", "root": str(root), "config": config,
                                 "quick": args.quick}, args.threads) for _ in range(repeats)]
