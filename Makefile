@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# Everything the tests need: training (torch), export, both deployment runtimes, dev tools.
-EXTRAS := train,export,runtime,openvino,dev,lite12,faiss,postgres
+# Everything the tests need: training (torch), export, both deployment runtimes, Ray, PostgreSQL, dev tools.
+EXTRAS := train,export,runtime,openvino,dev,lite12,faiss,postgres,ray
 SHELL  := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --progress-bar off -c constraints.txt -e '.[$(EXTRAS)]' 2>&1 \
 	  | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
-	$(PY) -c 'import defectmap, torch, timm, torchvision, onnxscript, onnxruntime, openvino, psycopg'
+	$(PY) -c 'import defectmap, torch, timm, torchvision, onnxscript, onnxruntime, openvino, psycopg, ray.data'
 	touch $(STAMP)
 
 demo: $(STAMP)

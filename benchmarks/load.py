@@ -69,7 +69,8 @@ def _train(workdir: Path) -> tuple[Path, list[Path]]:
     with warnings.catch_warnings():  # 8 validation images: fine for a load test
         warnings.simplefilter("ignore", CalibrationWarning)
         train_model(load_category(category), model_dir, detector="patchcore",
-                    detector_params={"input_size": 128, "coreset_ratio": 0.1}, min_val=8)
+                    detector_params={"input_size": 128, "coreset_ratio": 0.1},
+                    val_ratio=0.25, min_val=8)  # a split: one fit, no cross-fit
     return model_dir, sorted((category / "test").glob("*/*.png"))
 
 

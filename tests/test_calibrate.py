@@ -337,3 +337,61 @@ def test_operating_point_metrics_closed_form() -> None:
     assert image_only["f1"] == out["f1"]
     with pytest.raises(CalibrationError, match="labels"):
         operating_point_metrics(scores, labels[:-1], None, None, cal)
+
+
+# ----------------------------------------------------------------------------- format 2
+
+
+def test_cross_fit_calibration_round_trip_and_integrity(tmp_path) -> None:
+    rng = np.random.default_rng(11)
+    maps, _ = _smooth_maps(12, 32, seed=3)
+    cal = fit_calibration(rng.gamma(2.0, size=12), maps, alpha=0.1, pixel_fpr=0.002,
+                          method="cross_fit", n_folds=4, defect_scores=[9.0, 0.1, 5.0])
+    assert cal.method == "cross_fit" and cal.n_folds == 4 and cal.defect_scores == (0.1, 5.0, 9.0)
+    assert [f for f, _ in cal.pixel_thresholds] == [0.0001, 0.0002, 0.0005, 0.001, 0.002,
+                                                    0.005, 0.01]
+    assert dict(cal.pixel_thresholds)[0.002] == cal.pixel_threshold
+    cal.save(tmp_path)
+    assert Calibration.load(tmp_path) == cal
+    data = json.loads((tmp_path / CALIBRATION_FILE).read_text())
+    assert data["format_version"] == 2 and data["decision_rule"] == "p_value"
+    assert data["known_defects"]["n_defects"] == 3 and "cross-conformal" in data["guarantee"]
+    for key, value in [("method", "bootstrap"), ("n_folds", None), ("n_folds", 1),
+                       ("pixel_thresholds", [[0.001, 1.0], [0.01, 2.0]]),
+                       ("defect_scores", [3.0, 1.0]), ("guarantee_holds", False)]:
+        (tmp_path / CALIBRATION_FILE).write_text(json.dumps(dict(data, **{key: value})))
+        with pytest.raises(ModelFileError, match="invalid calibration"):
+            Calibration.load(tmp_path)
+
+
+def test_moving_the_operating_point_equals_a_fresh_calibration() -> None:
+    rng = np.random.default_rng(12)
+    scores = rng.normal(size=60)
+    maps, _ = _smooth_maps(60, 24, seed=4)
+    cal = fit_calibration(scores, maps, alpha=0.1, method="cross_fit", n_folds=5)
+    for alpha in (0.02, 0.05, 0.3):
+        moved = cal.at(alpha=alpha)
+        fresh = fit_calibration(scores, maps, alpha=alpha, method="cross_fit", n_folds=5)
+        assert moved == fresh
+    with pytest.warns(CalibrationWarning, match="60 out-of-fold scores"):
+        low = cal.at(alpha=0.01)
+    assert low.decision_rule == "largest_score" and low.image_threshold == max(scores)
+    assert cal.at(pixel_fpr=0.01).pixel_threshold == fit_calibration(
+        scores, maps, alpha=0.1, pixel_fpr=0.01, method="cross_fit", n_folds=5).pixel_threshold
+    assert cal.at(min_region_area=5).min_region_area == 5
+    with pytest.raises(CalibrationError, match="not stored"):
+        cal.at(pixel_fpr=0.3)
+    with pytest.raises(CalibrationError, match="alpha"):
+        cal.at(alpha=1.5)
+
+
+def test_decision_rule_names_the_rule_and_the_guarantee() -> None:
+    ok = fit_calibration(np.arange(30.0), alpha=0.1)
+    assert ok.decision_rule == "p_value" and ok.guarantee.startswith(
+        "split conformal on 30 validation images: P(false alarm) <= 0.0968")
+    with pytest.warns(CalibrationWarning):
+        few = fit_calibration(np.arange(30.0), alpha=0.01)
+    assert few.decision_rule == "largest_score" and "decided by the largest score" in few.guarantee
+    probe = np.array([28.5, 29.0, 29.5])
+    assert few.decide(probe).tolist() == [False, False, True]
+    assert (few.p_values(probe) <= 0.01).tolist() == [False, False, False]  # no p reaches it

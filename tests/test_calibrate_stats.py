@@ -153,3 +153,129 @@ def test_guarantee_with_a_real_detector_on_synthetic_data(synthetic_root) -> Non
     assert float(far.mean()) <= alpha + tol
     assert abs(float(far.mean()) - expected) <= tol
     assert _jittered_ks_pvalue(first_p, n, rng) > 0.01
+
+
+# ----------------------------------------------------------------------------- cross-fitting
+#
+# The same re-split check for cross-fitted thresholds (defectmap.calibrate.crossfit), through
+# the real code path (assign_folds, cross_fit, fit_calibration(method="cross_fit")), with
+# three small detectors on points in R^2 (an "image" is a point):
+#
+# * FixedScore ignores its training images. Cross-fitting is then exactly conformal with the
+#   n_cal out-of-fold scores: E[false-alarm rate] = r / (n_cal + 1), the split-conformal
+#   value, and the two-sided 10-sigma check has the power to catch an off-by-one rank.
+# * NearestNeighbour (exact 1-NN distance to every training point, PatchCore without a
+#   coreset) and Gaussian (Mahalanobis distance to the fitted mean and covariance, PaDiM in
+#   one position) learn: the stated bound (cross_conformal_bound) must hold, and in practice
+#   the rate stays at or below r / (n_cal + 1) (the final model saw more images).
+
+
+class _PointDetector:
+    """fit(points) -> self; predict(points) -> Prediction with 1 x 1 maps."""
+
+    def fit(self, images, progress=None):
+        self._fit(np.stack(images))
+        return self
+
+    def predict(self, images, batch_size=1, progress=None):
+        from defectmap.prediction import Prediction
+
+        scores = self._score(np.stack(images))
+        return Prediction(scores, [np.full((1, 1), s, np.float32) for s in scores])
+
+    def _fit(self, x: np.ndarray) -> None:
+        pass
+
+
+class FixedScore(_PointDetector):
+    def _score(self, x: np.ndarray) -> np.ndarray:
+        return np.linalg.norm(x, axis=1)
+
+
+class NearestNeighbour(_PointDetector):
+    def _fit(self, x: np.ndarray) -> None:
+        self.bank_ = x
+
+    def _score(self, x: np.ndarray) -> np.ndarray:
+        return np.sqrt(((x[:, None, :] - self.bank_[None]) ** 2).sum(-1)).min(1)
+
+
+class Gaussian(_PointDetector):
+    def _fit(self, x: np.ndarray) -> None:
+        self.mean_ = x.mean(0)
+        self.inv_ = np.linalg.inv(np.cov(x.T) + 1e-6 * np.eye(x.shape[1]))
+
+    def _score(self, x: np.ndarray) -> np.ndarray:
+        d = x - self.mean_
+        return np.sqrt(np.einsum("ni,ij,nj->n", d, self.inv_, d))
+
+
+def _cross_fitted_far(detector_class, n: int, m: int, alpha: float, n_splits: int,
+                      seed: int, rank_shift: int = 0) -> tuple[np.ndarray, list, np.ndarray]:
+    """Per split: false-alarm rate on m fresh good points of the cross-fitted threshold.
+
+    ``rank_shift = -1`` thresholds at the (k-1)-th out-of-fold score: the off-by-one bug.
+    Also returns the calibrations and, per split, the first fresh point's cross-conformal
+    p-value p_cv (scored by the fold models, as in the theorem).
+    """
+    from defectmap.calibrate import cross_fit
+
+    rng = np.random.default_rng(seed)
+    far, cals, p_cv = [], [], []
+    for _ in range(n_splits):
+        train = list(rng.normal(size=(n, 2)))
+        fresh = rng.normal(size=(m, 2))
+        result = cross_fit(detector_class, train, 5, int(rng.integers(2**31)), with_maps=False)
+        cal = fit_calibration(result.scores, alpha=alpha, method="cross_fit", n_folds=5)
+        assert cal.guarantee_holds
+        threshold = cal.val_scores[cal.rank - 1 + rank_shift]
+        far.append(float(np.mean(result.detector.predict(list(fresh)).scores > threshold)))
+        cals.append(cal)
+        if rank_shift == 0 and detector_class is NearestNeighbour:
+            p_cv.append(_p_cross_conformal(detector_class, train, result, fresh[0]))
+    return np.array(far), cals, np.array(p_cv)
+
+
+def _p_cross_conformal(detector_class, train, result, x) -> float:
+    """Vovk's cross-conformal p-value of x: each OOF score compared with its fold model's."""
+    folds = result.folds
+    scored = np.flatnonzero(folds >= 0)
+    count = 0
+    for k in range(int(folds.max()) + 1):
+        model = detector_class().fit([train[i] for i in np.flatnonzero(folds != k)])
+        s_k = float(model.predict([x]).scores[0])
+        fold_scores = result.scores[np.isin(scored, np.flatnonzero(folds == k))]
+        count += int(np.sum(fold_scores >= s_k))
+    return (1 + count) / (scored.size + 1)
+
+
+def test_cross_fitted_rate_is_exact_for_a_fixed_score_and_the_check_catches_off_by_one() -> None:
+    n, m, alpha, n_splits = 100, 200, 0.01, 1000  # 5 folds of 20: n_cal = 100, k = 100
+    far, cals, _ = _cross_fitted_far(FixedScore, n, m, alpha, n_splits, seed=21)
+    expected, tol = _far_mean_and_tolerance(100, m, alpha, n_splits)
+    assert cals[0].n_val == 100 and cals[0].rank == 100 and expected == pytest.approx(1 / 101)
+    assert float(far.mean()) <= expected + tol  # the bound, as for split conformal
+    assert abs(float(far.mean()) - expected) <= tol  # and attained
+    assert float(far.mean()) <= cals[0].false_alarm_bound  # far below the weak CV+ bound
+    shifted, _, _ = _cross_fitted_far(FixedScore, n, m, alpha, n_splits, seed=21,
+                                      rank_shift=-1)
+    assert float(shifted.mean()) > expected + tol  # the same check fails for the (k-1)-th
+
+
+@pytest.mark.parametrize("detector_class", [NearestNeighbour, Gaussian])
+def test_cross_fitted_rate_respects_the_stated_bound_for_learning_detectors(
+    detector_class,
+) -> None:
+    n, m, alpha, n_splits = 100, 200, 0.05, 400
+    far, cals, p_cv = _cross_fitted_far(detector_class, n, m, alpha, n_splits, seed=5)
+    bound = cals[0].false_alarm_bound  # 2 x 5/101 + min(2 x 0.8 / 21, 0.95 / 6)
+    assert bound == pytest.approx(2 * 5 / 101 + 1.6 / 21)
+    expected, tol = _far_mean_and_tolerance(100, m, alpha, n_splits)
+    mean_far = float(far.mean())
+    assert mean_far <= bound + tol  # the proven bound (Barber et al. 2021, Thm. 4)
+    assert mean_far <= expected + tol  # in practice: no worse than split conformal's value
+    assert mean_far >= 0.5 * expected  # and not vacuous: the threshold is not the maximum
+    if detector_class is NearestNeighbour:
+        # the theorem's own quantity: P(p_cv <= alpha) <= bound (one p-value per split)
+        rate = float(np.mean(p_cv <= alpha))
+        assert rate <= bound + 10 * math.sqrt(bound * (1 - bound) / n_splits)

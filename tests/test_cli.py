@@ -29,12 +29,18 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str
     return rc, captured.out, captured.err
 
 
+FIT_OUTPUT: dict[str, str] = {}
+
+
 @pytest.fixture(scope="module")
 def model_dir(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "model"
-    rc = run_app(["fit", str(synthetic_root), "--category", "synthetic", *SIZE,
-                  "--seed", "3", "--out", str(out)])
-    assert rc == 0
+    capture = subprocess.run(  # a real process: the fit's stdout is asserted on below
+        [str(Path(sys.executable).with_name("defectmap")), "fit", str(synthetic_root), "--category",
+         "synthetic", *SIZE, "--seed", "3", "--out", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert capture.returncode == 0, capture.stderr
+    FIT_OUTPUT.update(out=capture.stdout, err=capture.stderr)
     return out
 
 
@@ -46,8 +52,94 @@ def test_fit_writes_a_loadable_calibrated_model(model_dir: Path) -> None:
     model = load_model(model_dir)
     assert model.detector.name == DEFAULT_DETECTOR
     assert model.detector.get_params()["input_size"] == 96
-    assert model.info["random_state"] == 3 and model.info["n_val"] == 10
-    assert model.calibration is not None and model.calibration.n_val == 10
+    # cross-fitted by default: all 24 good images fit, 20 out-of-fold scores calibrate
+    assert model.info["random_state"] == 3 and model.info["n_fit"] == 24
+    assert model.calibration is not None and model.calibration.n_val == 20
+    out = " ".join(FIT_OUTPUT["out"].split())
+    assert "fitted on 24 good images" in out
+    assert "calibration: cross-fitted: 5 folds of 4 good training images, 20 out-of-fold " \
+           "scores; 4 fit every fold model without a score" in out
+    assert "decided by the largest calibration score" in out  # 20 < 99 for alpha 0.01
+    assert "20 out-of-fold scores (5 folds) are too few for alpha=0.01" in FIT_OUTPUT["err"]
+
+
+def test_fit_calibration_flags_and_recalibrate(synthetic_root: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    category = synthetic_root / "synthetic"
+    defects = sorted((category / "test" / "scratch").glob("*.png"))
+    val_dir = tmp_path / "val"
+    val_dir.mkdir()
+    for image in sorted((category / "test" / "good").glob("*.png")):
+        (val_dir / image.name).write_bytes(image.read_bytes())
+    out = tmp_path / "model"
+    rc, stdout, err = run(capsys, "fit", category, *SIZE, "--val-dir", val_dir,
+                          "--defects", category / "test" / "scratch", "--alpha", "0.2",
+                          "--pixel-fpr", "0.005", "--param", "coreset_ratio=0.2",
+                          "--out", out)
+    assert rc == 0, err
+    model = load_model(out)
+    cal = model.calibration
+    assert cal is not None and cal.method == "split" and cal.n_val == 8 and cal.alpha == 0.2
+    assert cal.pixel_fpr == 0.005 and model.detector.get_params()["coreset_ratio"] == 0.2
+    assert model.info["n_fit"] == 24 and model.info["n_defects"] == len(defects)
+    estimate = cal.miss_estimate
+    assert estimate is not None and f"known defects: {estimate}" in " ".join(stdout.split())
+    assert "split conformal: 8 images of a separate validation folder" in stdout
+
+    rc, stdout, err = run(capsys, "recalibrate", out, "--alpha", "0.12")
+    assert rc == 0, err
+    new = load_model(out).calibration
+    assert new is not None and new.alpha == 0.12 and new.val_scores == cal.val_scores
+    assert new.image_threshold == cal.val_scores[7]  # k = ceil(9 x 0.88) = 8 of 8
+    assert f"image threshold {new.image_threshold:.4g} at alpha 0.12" in stdout
+
+    for argv, code, message in [
+        (["recalibrate", out], 2, "nothing to change"),
+        (["recalibrate", out, "--alpha", "1.5"], 2, "must be in (0, 1), got 1.5"),
+        (["recalibrate", out, "--min-region-area", "0"], 2, "must be >= 1, got 0"),
+        (["recalibrate", out, "--pixel-fpr", "0.003"], 1, "pixel_fpr 0.003 was not stored"),
+        (["recalibrate", tmp_path / "none", "--alpha", "0.1"], 1, "calibration.json"),
+        (["fit", category, "--param", "corset_ratio=0.2", "--out", tmp_path / "x"], 1,
+         "has no parameter 'corset_ratio'; valid: backbone, coreset_ratio,"),
+        (["fit", category, "--param", "reweight=maybe", "--out", tmp_path / "x"], 1,
+         "reweight must be true or false"),
+        (["fit", category, "--val-ratio", "0.2", "--folds", "3", "--out", tmp_path / "x"], 2,
+         "--folds and --val-ratio are different calibrations: give one"),
+        (["fit", category, "--val-dir", val_dir, "--folds", "3", "--out", tmp_path / "x"], 2,
+         "--folds and --val-dir are different calibrations"),
+        (["fit", category, "--min-val", "5", "--out", tmp_path / "x"], 2,
+         "--min-val applies to a validation split"),
+        (["fit", category, "--folds", "1", "--out", tmp_path / "x"], 2, "must be >= 2, got 1"),
+        (["fit", category, "--pixel-fpr", "0", "--out", tmp_path / "x"], 2,
+         "must be in (0, 1), got 0"),
+        (["fit", category, "--folds", "40", "--out", tmp_path / "x"], 1,
+         "only 24 good training images for 40 folds"),
+        (["fit", category, "--val-ratio", "0", "--out", tmp_path / "x"], 1,
+         "holds out no validation image"),
+        (["fit", category, "--val-dir", tmp_path / "none", "--out", tmp_path / "x"], 1,
+         "validation folder not found"),
+    ]:
+        rc, _, err = run(capsys, *argv)
+        assert rc == code and message in " ".join(err.split()), (argv, err)
+        assert len(err.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
+def test_fit_val_ratio_minimum_is_explicit(synthetic_root: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    category = synthetic_root / "synthetic"
+    for extra, n_val, rule in [([], 3, "ceil(0.1 x 24)"),
+                               (["--min-val", "5"], 5, "max(5, ceil(0.1 x 24))")]:
+        out = tmp_path / f"model{n_val}"
+        rc, stdout, err = run(capsys, "fit", category, *SIZE, "--val-ratio", "0.1", *extra,
+                              "--out", out)
+        assert rc == 0, err
+        text = " ".join(stdout.split())
+        assert f"fitted on {24 - n_val} good images" in text
+        assert (f"split conformal: {n_val} of 24 good training images held out for "
+                f"validation ({rule}); the detector is fitted on the other {24 - n_val}") in text
+        info = load_model(out).info
+        assert (info["n_fit"], info["n_val"], info["min_val"]) == (24 - n_val, n_val,
+                                                                 5 if extra else 0)
 
 
 def test_predict_scores_equal_inspect(model_dir: Path, synthetic_root: Path, tmp_path: Path,
@@ -67,6 +159,7 @@ def test_predict_scores_equal_inspect(model_dir: Path, synthetic_root: Path, tmp
     assert [float(r["normalized_score"]) for r in rows] == [e.normalized_score for e in expected]
     assert [r["decision"] for r in rows] == [e.decision for e in expected]
     assert [int(r["n_regions"]) for r in rows] == [len(e.regions) for e in expected]
+    assert [r["decision_rule"] for r in rows] == ["largest_score"] * len(paths)
     results = json.loads((out / "results.json").read_text())
     assert results["n_images"] == len(paths)
     assert results["model_hash"] == load_model(model_dir).model_hash

@@ -179,3 +179,28 @@ def test_auroc_floor_on_synthetic_dataset(fitted: Detector, synthetic) -> None:
     ]
     assert image_auroc(pred.scores, labels) >= 0.7
     assert pixel_auroc(pred.maps, masks) >= 0.95
+
+
+def test_shared_features_fit_and_score_exactly_as_fit_and_predict(
+    fitted: Detector, synthetic
+) -> None:
+    """extract_features once, then fit/score subsets: what cross-fitting relies on."""
+    train, test, _, _ = synthetic
+    params = fitted.get_params()
+    features = create_detector(fitted.name, **params).extract_features(train + test[:4])
+    assert len(features) == len(train) + 4 and features.sizes[-1] == test[3].shape[:2]
+    # all training images: the same model as fit(images), bit for bit
+    full = create_detector(fitted.name, **params).fit_features(features, range(len(train)))
+    on_features = full.predict_features(features, range(len(train), len(train) + 4))
+    direct = fitted.predict(test[:4])
+    assert np.array_equal(on_features.scores, direct.scores)
+    assert all(np.array_equal(a, b) for a, b in zip(on_features.maps, direct.maps, strict=True))
+    # a subset (a fold model) equals fit on those images
+    subset = [1, 4, 5, 8, 9, 12]
+    fold = create_detector(fitted.name, **params).fit_features(features, subset)
+    plain = create_detector(fitted.name, **params).fit([train[i] for i in subset])
+    assert np.array_equal(fold.predict_features(features, [0, 2]).scores,
+                          plain.predict([train[0], train[2]]).scores)
+    other = "padim" if fitted.name == "patchcore" else "patchcore"
+    with pytest.raises(ValueError, match="features extracted with"):
+        make(other).fit_features(features)

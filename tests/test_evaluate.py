@@ -28,7 +28,7 @@ def trained(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory
             ) -> tuple[CategoryData, InspectionModel]:
     data = load_category(synthetic_root, "synthetic")
     out = tmp_path_factory.mktemp("evaluate") / "model"
-    with pytest.warns(CalibrationWarning, match="at least 99"):  # 10 images, alpha 0.01
+    with pytest.warns(CalibrationWarning, match="at least 99"):  # 20 OOF scores, alpha 0.01
         model = train_model(data, out, detector_params={"input_size": INPUT_SIZE})
     return data, model
 
@@ -123,11 +123,40 @@ def test_report_and_figures_are_written(evaluated: tuple[Path, dict[str, Any]]) 
     out, metrics = evaluated
     text = (out / "report.html").read_text()
     figures = sorted(p.name for p in (out / "figures").iterdir())
-    assert {"roc.png", "pro.png", "scores.png"} <= set(figures)
+    assert {"roc.png", "pro.png", "scores.png", "tradeoff.png"} <= set(figures)
     assert len([f for f in figures if f.startswith("gallery_")]) == 4
-    assert text.count("<img ") == 3 + 4
+    assert text.count("<img ") == 4 + 4
+    assert "<h2>Choosing alpha</h2>" in text and "defectmap recalibrate" in text
     assert f"{metrics['image_auroc']:.3f}" in text and f"{metrics['aupro']:.3f}" in text
     assert not any(p.name.startswith(".") for p in out.parent.iterdir())  # no temp leftovers
+
+
+def test_operating_points_per_alpha_come_from_good_images_only(
+    trained: tuple[CategoryData, InspectionModel], evaluated: tuple[Path, dict[str, Any]]
+) -> None:
+    from defectmap.calibrate import conformal_rank
+    from defectmap.constants import OPERATING_ALPHAS
+
+    _, model = trained
+    _, metrics = evaluated
+    cal = model.calibration
+    assert cal is not None and cal.n_val == 20
+    points = metrics["operating_points"]
+    assert [p["alpha"] for p in points] == list(OPERATING_ALPHAS)  # the model's 0.01 included
+    assert [p["chosen"] for p in points] == [a == 0.01 for a in OPERATING_ALPHAS]
+    scores = np.array([r["score"] for r in metrics["images"]])
+    labels = np.array([r["label"] for r in metrics["images"]])
+    for p in points:
+        k = conformal_rank(20, p["alpha"])
+        assert p["threshold"] == cal.val_scores[min(k, 20) - 1]  # from the OOF scores alone
+        assert p["decision_rule"] == ("p_value" if k <= 20 else "largest_score")
+        flagged = scores > p["threshold"]
+        assert p["fp"] == int(np.sum(flagged & (labels == 0)))
+        assert p["miss_rate"] == np.mean(~flagged[labels == 1])
+        assert p["false_alarm_rate"] == np.mean(flagged[labels == 0])
+    # 20 scores reach p <= alpha only for alpha >= 1/21: 0.05 and 0.1
+    assert [p["decision_rule"] for p in points].count("p_value") == 2
+    assert metrics["calibrated"]["decision_rule"] == "largest_score"
 
 
 def test_interrupt_keeps_previous_output_or_leaves_none(
@@ -193,7 +222,7 @@ def test_bottle_subset_heatmaps_sit_on_the_defects(bottle_root: Path, tmp_path: 
     good = [s for s in data.test if s.label == 0][:8]
     bad = [s for s in data.test if s.label == 1][::4]  # every 4th: all three defect types
     subset = dataclasses.replace(data, train=data.train[::5], test=good + bad)
-    with pytest.warns(CalibrationWarning, match="at least 99"):  # 10 images, alpha 0.01
+    with pytest.warns(CalibrationWarning, match="at least 99"):  # 20 OOF scores, alpha 0.01
         model = train_model(subset, tmp_path / "model", detector_params={"input_size": 160})
     metrics = evaluate_model(model, subset, tmp_path / "eval", max_gallery=6)
     assert metrics["image_auroc"] > 0.9 and metrics["pixel_auroc"] > 0.9

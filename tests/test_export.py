@@ -24,7 +24,7 @@ from defectmap.detectors.neighbors import nearest_neighbors
 from defectmap.errors import ModelFileError
 from defectmap.export import PARITY_RTOL, ExportError, GraphNeighbors, export_model
 from defectmap.metrics import aupro, image_auroc, pixel_auroc
-from defectmap.pipeline import load_model, train_model
+from defectmap.pipeline import load_model, recalibrate, train_model
 from defectmap.runtime import ExportedModel, read_manifest
 
 PARAMS = {"patchcore": {"input_size": 64, "coreset_ratio": 0.25}, "padim": {"input_size": 64}}
@@ -182,6 +182,34 @@ def test_a_changed_export_is_refused(patchcore_export, tmp_path: Path) -> None:
     graph.write_bytes(bytes(data))
     with pytest.raises(ModelFileError, match="model.onnx: SHA-256 differs"):
         ExportedModel(copy)
+
+
+def test_recalibrate_an_export_keeps_its_manifest_true(patchcore_export, test_set,
+                                                      tmp_path: Path) -> None:
+    images = test_set[0]
+    copy = tmp_path / "copy"
+    shutil.copytree(patchcore_export, copy)
+    before = read_manifest(copy)
+    old = load_model(copy, runtime="onnxruntime").calibration
+    new = recalibrate(copy, alpha=0.25)
+    after = read_manifest(copy)  # checks every file's SHA-256 against the new manifest
+    assert new.alpha == 0.25 and new.val_scores == old.val_scores
+    assert new.image_threshold == new.val_scores[new.rank - 1] < old.image_threshold
+    assert after["files"]["calibration.json"] != before["files"]["calibration.json"]
+    assert {k: v for k, v in after["files"].items() if k != "calibration.json"} == {
+        k: v for k, v in before["files"].items() if k != "calibration.json"}
+    assert after["parity"] == before["parity"] and after["graph"] == before["graph"]
+    model = load_model(copy, runtime="onnxruntime")
+    assert model.calibration == new
+    results = model.inspect(images)
+    scores = np.array([r.score for r in results])
+    assert [r.decision == "defect" for r in results] == list(scores > new.image_threshold)
+    assert [r.p_value for r in results] == list(new.p_values(scores))
+    # a folder changed since export is refused, and left as it was
+    (copy / "notes.txt").write_text("x")
+    with pytest.raises(ModelFileError, match="notes.txt: not listed in export.json"):
+        recalibrate(copy, alpha=0.3)
+    assert json.loads((copy / "calibration.json").read_text())["alpha"] == 0.25
 
 
 # -- bad input: one clear error, nothing written ------------------------------------------

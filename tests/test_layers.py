@@ -12,9 +12,9 @@ from pathlib import Path
 
 import defectmap
 
-ORDER = ["errors", "constants", "files", "progress", "prediction", "data", "runtime", "metrics",
-         "features", "detectors", "calibrate", "pipeline", "registry", "export", "report",
-         "evaluate", "serve", "feedback", "demo", "cli"]
+ORDER = ["errors", "constants", "files", "progress", "threads", "prediction", "data", "runtime",
+         "metrics", "features", "detectors", "calibrate", "pipeline", "registry", "export",
+         "report", "evaluate", "distributed", "serve", "feedback", "demo", "cli"]
 PACKAGE = Path(defectmap.__file__).parent
 
 

@@ -50,25 +50,76 @@ def inspections(trained, data: CategoryData):
 
 
 def test_train_model_writes_a_complete_model(trained, data: CategoryData) -> None:
+    from defectmap.detectors import create_detector
+
     model, out = trained
     assert sorted(p.name for p in out.iterdir()) == [
         "calibration.json", "model.json", "training.json", "weights.safetensors"]
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
     info = json.loads((out / "training.json").read_text())
-    train_stems = {s.stem for s in data.train}
-    assert info["n_fit"] == 14 and info["n_val"] == 10  # 24 good: max(10, ceil(2.4)) held out
-    assert set(info["fit_stems"]).isdisjoint(info["val_stems"])
-    assert set(info["fit_stems"]) | set(info["val_stems"]) == train_stems
+    train_stems = [s.stem for s in data.train]
+    # cross-fitted by default: 24 good images, 5 folds of 4, 4 left over fit every fold model
+    assert info["calibration_method"] == "cross_fit" and info["n_folds"] == 5
+    assert info["n_fit"] == 24 and info["n_val"] == 20 and info["fit_stems"] == train_stems
+    folds = info["calibration"]["folds"]
+    assert sorted(folds) == sorted([-1] * 4 + [0, 1, 2, 3, 4] * 4)
+    assert info["val_stems"] == [s for s, f in zip(train_stems, folds, strict=True) if f >= 0]
+    assert info["calibration"]["shared_features"] is True
+    assert "5 folds of 4" in info["calibration_summary"]
     assert info["random_state"] == 1 and info["alpha"] == 0.1 and info["category"] == "synthetic"
     assert info["detector_params"]["random_state"] == 1  # seeds the detector too
     assert info["detector_params"]["input_size"] == 64
     cal = Calibration.load(out)
-    assert cal.n_val == 10 and cal.alpha == 0.1 and cal.guarantee_holds  # n >= 9 for 0.1
-    # the calibration really comes from the validation images' scores
-    val_paths = [s.path for s in data.train if s.stem in set(info["val_stems"])]
-    val_scores = model.detector.predict(val_paths).scores
-    assert np.allclose(sorted(val_scores), cal.val_scores, rtol=1e-6)
+    assert cal.method == "cross_fit" and cal.n_folds == 5
+    assert cal.n_val == 20 and cal.alpha == 0.1 and cal.guarantee_holds  # n >= 9 for 0.1
+    assert cal.decision_rule == "p_value"
+    # the final model is the plain fit on all good images (shared features change nothing)
+    paths = [s.path for s in data.train]
+    plain = create_detector("patchcore", **info["detector_params"]).fit(paths)
+    assert torch_equal(plain.memory_bank_, model.detector.memory_bank_)
+    # out-of-fold scores: fold 2's images scored by a model fitted without them, through
+    # the public fit/predict (no shared features)
+    fold = create_detector("patchcore", **info["detector_params"]).fit(
+        [p for p, f in zip(paths, folds, strict=True) if f != 2])
+    held = fold.predict([p for p, f in zip(paths, folds, strict=True) if f == 2])
+    assert set(held.scores.astype(np.float64).tolist()) <= set(cal.val_scores)
+    # and they are not what the final model (which saw them) gives them
+    assert not set(model.detector.predict([p for p, f in zip(paths, folds, strict=True)
+                                           if f == 2]).scores.tolist()) & set(cal.val_scores)
     assert model.model_hash is not None and len(model.model_hash) == 64
+
+
+def torch_equal(a, b) -> bool:
+    return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+
+
+def test_calibration_rule_is_explicit_and_controllable(data: CategoryData, tmp_path) -> None:
+    """Issue 12 item 6: no hidden minimum, counts stated, conflicting options refused."""
+    from dataclasses import replace
+
+    from defectmap.calibrate import CalibrationError, CalibrationWarning
+
+    twelve = replace(data, train=data.train[:12], test=[])
+    with pytest.warns(CalibrationWarning, match="2 validation images are too few"):
+        model = train_model(twelve, tmp_path / "split", detector_params=PARAMS, alpha=0.1,
+                            val_ratio=0.1)
+    info = model.info
+    assert info["calibration_method"] == "split" and info["n_fit"] == 10 and info["n_val"] == 2
+    assert info["calibration_summary"] == (
+        "split conformal: 2 of 12 good training images held out for validation "
+        "(ceil(0.1 x 12)); the detector is fitted on the other 10")
+    assert model.calibration is not None and model.calibration.decision_rule == "largest_score"
+    for kwargs, message in [
+        ({"val_ratio": 0.0}, "holds out no validation image of 12"),
+        ({"val_ratio": 0.1, "n_folds": 3}, "excludes n_folds"),
+        ({"min_val": 5}, "min_val applies to a validation split"),
+        ({"n_folds": 13}, "only 12 good training images for 13 folds"),
+        ({"n_folds": 1}, "at least 2 folds"),
+        ({"val_ratio": 0.5, "min_val": 12}, "leaves 0 to fit"),
+    ]:
+        with pytest.raises(CalibrationError, match=message):
+            train_model(twelve, tmp_path / "bad", detector_params=PARAMS, **kwargs)
+        assert not (tmp_path / "bad").exists()
 
 
 def test_load_model_gives_identical_inspections(trained, data, inspections) -> None:
@@ -98,7 +149,10 @@ def test_load_model_gives_identical_inspections(trained, data, inspections) -> N
     json.dumps(description)  # JSON-ready
     assert description["detector"] == "patchcore" and description["model_hash"] == model.model_hash
     assert description["thresholds"]["image_threshold"] == model.calibration.image_threshold
-    assert description["training"]["n_val"] == 10 and "fit_stems" not in description["training"]
+    assert description["training"]["n_val"] == 20 and "fit_stems" not in description["training"]
+    assert description["thresholds"]["method"] == "cross_fit"
+    assert description["thresholds"]["decision_rule"] == "p_value"
+    assert all(x.decision_rule == "p_value" for x in a)
 
 
 def test_model_hash_tracks_file_bytes(trained, tmp_path: Path) -> None:
@@ -187,7 +241,7 @@ def test_separate_validation_folder_and_too_few_images(data, tmp_path) -> None:
     from defectmap.calibrate import CalibrationError
 
     with pytest.raises(CalibrationError, match="only 24 good training images"):
-        train_model(data, tmp_path / "m0", detector_params=PARAMS, min_val=24)
+        train_model(data, tmp_path / "m0", detector_params=PARAMS, val_ratio=0.1, min_val=24)
     assert not (tmp_path / "m0").exists()
     val_dir = tmp_path / "validation"
     val_dir.mkdir()
@@ -243,3 +297,115 @@ def test_saved_model_reloads_in_a_fresh_process_with_identical_results(
     assert got["decisions"] == [r.decision for r in expected]
     assert got["maps"] == [hashlib.sha256(r.anomaly_map.tobytes()).hexdigest()
                            for r in expected]
+
+
+def _copy_model(source: Path, target: Path) -> Path:
+    target.mkdir()
+    for p in source.iterdir():
+        (target / p.name).write_bytes(p.read_bytes())
+    return target
+
+
+def test_recalibrate_moves_the_operating_point_without_the_detector(
+    trained, data, tmp_path, monkeypatch
+) -> None:
+    import defectmap.detectors
+    from defectmap.calibrate import CalibrationError, CalibrationWarning, conformal_rank
+    from defectmap.pipeline import recalibrate
+
+    model, out = trained
+    folder = _copy_model(out, tmp_path / "model")
+    before = Calibration.load(folder)
+
+    def no_detector(*args, **kwargs):
+        raise AssertionError("recalibrate loaded the detector")
+
+    monkeypatch.setattr(defectmap.detectors, "load_detector", no_detector)
+    with pytest.warns(CalibrationWarning, match=r"20 out-of-fold scores \(5 folds\) are too few"):
+        new = recalibrate(folder, alpha=0.02)  # needs 49 scores
+    assert new.decision_rule == "largest_score" and new.image_threshold == max(new.val_scores)
+    new = recalibrate(folder, alpha=0.3, pixel_fpr=0.005)
+    monkeypatch.undo()
+    assert Calibration.load(folder) == new != before
+    k = conformal_rank(20, 0.3)  # ceil(21 * 0.7) = 15
+    assert k == 15 and new.image_threshold == new.val_scores[k - 1] == before.val_scores[k - 1]
+    assert new.pixel_threshold == dict(before.pixel_thresholds)[0.005] < before.pixel_threshold
+    assert new.val_scores == before.val_scores and new.method == "cross_fit"
+    reloaded = load_model(folder)
+    assert reloaded.model_hash != model.model_hash  # the decisions changed, so does the hash
+    results = reloaded.inspect([s.path for s in data.test])
+    assert [r.decision == "defect" for r in results] == [r.p_value <= 0.3 for r in results]
+    with pytest.raises(CalibrationError, match=r"pixel_fpr 0.003 was not stored .*0.001"):
+        recalibrate(folder, pixel_fpr=0.003)
+    assert Calibration.load(folder) == new  # nothing written on error
+
+
+def test_known_defects_are_only_measured(trained, data, tmp_path) -> None:
+    from dataclasses import replace
+
+    model, _ = trained
+    defects = [s.path for s in data.test if s.label == 1][:5]
+    with_defects = train_model(TrainOnly(replace(data, test=[])),  # type: ignore[arg-type]
+                               tmp_path / "m", detector_params=PARAMS, alpha=0.1,
+                               random_state=1, defect_images=defects)
+    cal, plain = with_defects.calibration, model.calibration
+    assert cal is not None and plain is not None
+    # the memory bank and the thresholds are exactly those of the model without defects
+    assert torch_equal(with_defects.detector.memory_bank_, model.detector.memory_bank_)
+    assert cal.image_threshold == plain.image_threshold and cal.val_scores == plain.val_scores
+    expected = np.sort(model.detector.predict(defects).scores.astype(np.float64))
+    assert cal.defect_scores == tuple(expected.tolist())
+    estimate = cal.miss_estimate
+    assert estimate is not None and estimate.n_defects == 5
+    assert estimate.n_missed == int(np.sum(expected <= cal.image_threshold))
+    assert estimate.low <= estimate.miss_rate <= estimate.high
+    assert with_defects.info["n_defects"] == 5
+    assert Calibration.load(tmp_path / "m").miss_estimate == estimate
+
+
+def test_a_model_with_a_calibration_of_the_previous_format_loads_and_predicts(
+    trained, data, tmp_path
+) -> None:
+    """calibration.json written by defectmap 0.1.0 before cross-fitting (format 1)."""
+    _, out = trained
+    folder = _copy_model(out, tmp_path / "old")
+    fixture = Path(__file__).parent / "fixtures" / "calibration_v1.json"
+    (folder / "calibration.json").write_bytes(fixture.read_bytes())
+    model = load_model(folder)
+    cal = model.calibration
+    assert cal is not None and cal.method == "split" and cal.n_folds is None
+    assert cal.n_val == 12 and cal.image_threshold == 4.1503 and cal.min_region_area == 2
+    assert cal.pixel_thresholds == ((0.05, cal.pixel_threshold),) and cal.defect_scores == ()
+    results = model.inspect([s.path for s in data.test[:4]])
+    assert [r.decision for r in results] == [
+        "defect" if r.score > 4.1503 else "ok" for r in results]
+    assert all(r.decision_rule == "p_value" and r.mask is not None for r in results)
+    assert cal.at(alpha=0.2).image_threshold == cal.val_scores[conformal_rank_(12, 0.2) - 1]
+
+
+def conformal_rank_(n: int, alpha: float) -> int:
+    from defectmap.calibrate import conformal_rank
+
+    return conformal_rank(n, alpha)
+
+
+def test_a_layouts_own_validation_split_calibrates_unless_folds_are_asked(tmp_path) -> None:
+    """MVTec LOCO AD: split conformal on validation/good by default; n_folds cross-fits."""
+    from defectmap.data.layouts import load_category as load_any
+    from defectmap.data.synth_layouts import make_loco_dataset
+
+    make_loco_dataset(tmp_path / "data", "c1", n_train=10, n_validation=5, n_good=2,
+                      n_logical=1, n_structural=1, size=64, seed=4)
+    loco = load_any(tmp_path / "data", "c1")
+    own = train_model(loco, tmp_path / "own", detector_params=PARAMS, alpha=0.2)
+    assert (own.info["calibration_method"], own.info["n_fit"], own.info["n_val"]) == (
+        "split", 10, 5)
+    assert own.info["validation_source"] == "validation split of the dataset"
+    assert sorted(own.info["val_stems"]) == sorted(s.stem for s in loco.validation)
+    direct = own.detector.predict([s.path for s in loco.validation]).scores
+    assert own.calibration is not None
+    assert own.calibration.val_scores == tuple(sorted(float(v) for v in direct))
+    folds = train_model(loco, tmp_path / "folds", detector_params=PARAMS, alpha=0.2, n_folds=2)
+    assert folds.calibration is not None and folds.calibration.method == "cross_fit"
+    assert (folds.info["n_fit"], folds.calibration.n_val) == (10, 10)
+    assert folds.info["validation_source"] == "out-of-fold scores of train/good"

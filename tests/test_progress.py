@@ -80,21 +80,23 @@ def test_benchmark_reports_nested_tasks_and_prints_nothing(
 
     rec = Recorder()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CalibrationWarning)  # 10 validation images
+        warnings.simplefilter("ignore", CalibrationWarning)  # 20 out-of-fold scores
         result = run_benchmark(synthetic_root, ["synthetic", "absent"], ["patchcore"],
                                tmp_path / "bench", detector_params={"input_size": SIZE},
                                progress=rec)
     assert capsys.readouterr() == ("", "")  # the library draws and prints nothing
     assert len(result["rows"]) == 1 and result["missing"][0]["category"] == "absent"
-    outer = "benchmark (category, detector) pairs"
+    outer = "benchmark cells"
     assert rec.runs(outer) == [[(0, 2), (1, 2), (2, 2)]]
-    # 24 good training images: 14 fit, 10 validate; 16 test images.
-    assert rec.runs("PatchCore features") == [[(i, 14) for i in range(15)]]
+    # 24 good training images, cross-fitted: one feature extraction, 5 fold fits; 16 test
+    assert rec.runs("PatchCore features") == [[(i, 24) for i in range(25)]]
+    assert rec.runs("calibrating on 5 folds") == [[(i, 5) for i in range(6)]]
     scoring = rec.runs("Scoring with patchcore")
-    assert [run[-1] for run in scoring] == [(10, 10), (16, 16)]  # validation, then test
+    assert [run[-1] for run in scoring] == [(16, 16)]  # the test images
     assert rec.runs("reading masks")[0][-1] == (16, 16)
     assert rec.runs("writing maps")[0][-1] == (16, 16)
-    for task in ("PatchCore features", "Scoring with patchcore", "writing maps"):
+    for task in ("PatchCore features", "calibrating on 5 folds", "Scoring with patchcore",
+                 "writing maps"):
         assert rec.open_during[task] == {outer}  # nested inside the benchmark, one level
     assert rec.open == []  # every task finished
 

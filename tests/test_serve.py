@@ -92,6 +92,7 @@ def trained_model_dir(tmp_path_factory: pytest.TempPathFactory, synthetic_root: 
                 out,
                 detector="patchcore",
                 detector_params={"input_size": 128, "coreset_ratio": 0.1},
+                val_ratio=0.25,  # a split: one fit (the service test needs no cross-fit)
                 min_val=8,
                 random_state=0,
             )

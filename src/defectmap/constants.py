@@ -14,12 +14,16 @@ MAX_INPUT_SIZE: Final = 2048
 DEFAULT_ALPHA: Final = 0.01
 #: Target fraction of good validation pixels above the calibrated pixel threshold.
 DEFAULT_PIXEL_FPR: Final = 0.001
+#: Folds of cross-fitted calibration (the default calibration method).
+DEFAULT_FOLDS: Final = 5
+#: The alphas whose operating points ``evaluate`` and the report show.
+OPERATING_ALPHAS: Final = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1)
 #: Inference runtimes (``--runtime``): torch runs the detector, the others an exported graph.
 RUNTIMES: Final = ("torch", "onnxruntime", "openvino")
 #: The pip extra (pyproject.toml) that installs each optional top-level module.
 EXTRA_OF_MODULE: Final = {"torch": "train", "torchvision": "train", "timm": "train",
                           "onnx": "export", "onnxscript": "export", "onnxruntime": "runtime",
-                          "openvino": "openvino"}
+                          "openvino": "openvino", "ray": "ray"}
 #: Formats of ``defectmap export`` and the inputs its graph can take.
 EXPORT_FORMATS: Final = ("onnx", "openvino")
 EXPORT_INPUTS: Final = ("normalized", "pixels")

@@ -24,8 +24,8 @@ N_TRAIN = 40
 N_TEST = 30
 SIZE = 160
 INPUT_SIZE = 160
-#: 40 train images leave 10 for validation: enough for the conformal guarantee at alpha = 0.1
-#: (needs 9), not at the default 0.01 (needs 99).
+#: Cross-fitted, 40 train images give 40 out-of-fold scores: enough for p <= alpha at
+#: alpha = 0.1 (needs 9), not at the default 0.01 (needs 99).
 ALPHA = 0.1
 CATEGORY = "synthetic"
 #: Layouts of :func:`run_demo` besides MVTec AD's.

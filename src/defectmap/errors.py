@@ -42,3 +42,30 @@ class UncalibratedModelError(ModelFileError):
 
 class OfflineError(DefectmapError, RuntimeError):
     """Something must be downloaded but the network cannot be reached."""
+
+
+def innermost(exc: BaseException) -> BaseException:
+    """The error to report for ``exc``: the first :class:`DefectmapError` down its chain of
+    causes, else the error at the bottom of the chain.
+
+    Follows ``cause`` (what Ray's task errors carry) and ``__cause__``, so that the error a
+    remote task raised is found under the wrappers Ray puts around it, and a clear
+    defectmap error is not traded for the low-level error it explains.
+    """
+    seen = {id(exc)}
+    while True:
+        # Ray's wrapper of a task's error subclasses that error's type: unwrap it first.
+        inner = getattr(exc, "cause", None)
+        if not isinstance(inner, BaseException) and not isinstance(exc, DefectmapError):
+            inner = exc.__cause__
+        if not isinstance(inner, BaseException) or id(inner) in seen:
+            return exc
+        seen.add(id(inner))
+        exc = inner
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` of :func:`innermost` (for a table cell or a log)."""
+    root = innermost(exc)
+    lines = [line.strip() for line in str(root).splitlines() if line.strip()]
+    return f"{type(root).__name__}: {lines[0] if lines else 'no message'}"

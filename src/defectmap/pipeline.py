@@ -1,17 +1,23 @@
 """The inspection model: a fitted detector plus its calibration, trained, saved and loaded as one.
 
-:func:`train_model` splits ``train/good`` into a fitting set and a validation set (or takes a
-separate validation folder), fits the detector on the first, calibrates thresholds and score
-normalisation on the second (see :mod:`defectmap.calibrate`) and writes one model directory::
+:func:`train_model` fits the detector on the good training images and calibrates
+thresholds and score normalisation on good images each scoring model did not see: by
+default the out-of-fold scores of cross-fitting (every good image fits the final model),
+or a validation split or folder (see :mod:`defectmap.calibrate`). It writes one model
+directory::
 
     out_dir/
       model.json            detector name, params, package version, non-array state
       weights.safetensors   the detector's learned arrays
-      calibration.json      thresholds, alpha, validation scores and statistics
-      training.json         category, dataset root, fit/validation counts and file stems,
-                            the training images' colour and size range (``images``, see
+      calibration.json      thresholds, alpha, calibration scores and statistics
+      training.json         category, dataset root, the calibration rule in words, fit and
+                            calibration counts and file stems, folds, the training images'
+                            colour and size range (``images``, see
                             :mod:`defectmap.data.profile`), random_state, alpha,
                             timestamps, package version
+
+:func:`recalibrate` moves a saved model's operating point (alpha, pixel rate) in place
+without refitting.
 
 The test split is never read. Every training image is checked before the (long) feature
 extraction, and one error lists every unreadable file. The directory is built beside
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,12 +46,17 @@ import numpy as np
 from defectmap import __version__
 from defectmap.calibrate import (
     CALIBRATION_FILE,
+    PIXEL_FPR_GRID,
     Calibration,
+    CalibrationError,
+    PixelTail,
     Region,
+    cross_fit,
     fit_calibration,
     split_validation,
 )
-from defectmap.constants import DEFAULT_ALPHA, DEFAULT_DETECTOR, DEFAULT_PIXEL_FPR
+from defectmap.calibrate.conformal import check_fraction
+from defectmap.constants import DEFAULT_ALPHA, DEFAULT_DETECTOR, DEFAULT_FOLDS, DEFAULT_PIXEL_FPR
 from defectmap.data.io import ImageInfo, check_images
 from defectmap.data.profile import ImageProfile
 from defectmap.data.records import CategoryData, Sample
@@ -57,6 +69,7 @@ if TYPE_CHECKING:
     from defectmap.data.io import ImageInput
 
 __all__ = ["MODEL_FILES", "TRAINING_FILE", "Inspection", "InspectionModel", "load_model",
+           "recalibrate",
            "train_model"]
 
 TRAINING_FILE = "training.json"
@@ -78,12 +91,15 @@ class Inspection:
     normalized_score : in (0, 1), 0.5 at the image threshold; None without calibration.
     decision : ``"ok"`` or ``"defect"`` (score strictly above the threshold); None without
         calibration.
-    p_value : conformal p-value ``(1 + #{validation scores >= score}) / (n_val + 1)``; small
-        means unlike the good validation images. None without calibration.
+    p_value : conformal p-value ``(1 + #{calibration scores >= score}) / (n_val + 1)``; small
+        means unlike the good calibration images. None without calibration.
     regions : connected regions of the predicted defect mask, highest peak first (empty
         without a pixel threshold). They are computed whatever the decision.
     anomaly_map : raw anomaly map, float32 (H, W) at the image's native size.
     mask : predicted defect mask, bool (H, W); None without a pixel threshold.
+    decision_rule : which rule decided: ``"p_value"`` (defect exactly when
+        ``p_value <= alpha``) or ``"largest_score"`` (too few calibration scores for alpha:
+        defect when the score exceeds the largest of them); None without calibration.
     """
 
     score: float
@@ -93,6 +109,7 @@ class Inspection:
     regions: list[Region] = field(default_factory=list)
     anomaly_map: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     mask: np.ndarray | None = None
+    decision_rule: str | None = None
 
     @property
     def is_defect(self) -> bool | None:
@@ -106,6 +123,7 @@ class Inspection:
             "normalized_score": self.normalized_score,
             "decision": self.decision,
             "p_value": self.p_value,
+            "decision_rule": self.decision_rule,
             "regions": [r.to_dict() for r in self.regions],
             "map_shape": list(self.anomaly_map.shape),
         }
@@ -221,6 +239,7 @@ class InspectionModel:
                     regions=regions,
                     anomaly_map=anomaly_map,
                     mask=mask,
+                    decision_rule=cal.decision_rule,
                 )
             )
         return out
@@ -229,8 +248,9 @@ class InspectionModel:
         """JSON-ready description for humans and the service's ``/v1/model``.
 
         Keys: ``detector``, ``params``, ``runtime``, ``model_hash``, ``package_version``,
-        ``calibrated``,
-        ``thresholds`` (None without calibration), ``validation_scores`` (statistics) and
+        ``calibrated``, ``thresholds`` (None without calibration; the operating point, the
+        method, the decision rule, the guarantee in words and the known-defect miss
+        estimate), ``validation_scores`` (statistics of the calibration scores) and
         ``training`` (the training summary without the per-file stem lists and without the
         dataset path, which ``training.json`` keeps).
         """
@@ -241,8 +261,11 @@ class InspectionModel:
             thresholds = {
                 key: getattr(cal, key)
                 for key in ("alpha", "image_threshold", "pixel_threshold", "pixel_fpr", "n_val",
-                            "guarantee_holds", "false_alarm_bound", "min_region_area", "warning")
+                            "guarantee_holds", "false_alarm_bound", "min_region_area", "warning",
+                            "method", "n_folds", "decision_rule", "guarantee")
             }
+            estimate = cal.miss_estimate
+            thresholds["known_defects"] = None if estimate is None else estimate.to_dict()
             validation = cal.val_score_stats
         # Neither the per-file stem lists nor where the data lay on the training machine.
         training = {k: v for k, v in self.info.items()
@@ -356,23 +379,96 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def _split_plan(
+    good: list[Sample], val_ratio: float | None, min_val: int, n_folds: int | None,
+    validation_images: Sequence[str | os.PathLike[str]] | None, random_state: int,
+    own_validation: list[Sample] | None = None,
+) -> tuple[str, list[Sample], list[Sample] | list[Path], str, str]:
+    """The calibration rule: ``(method, fit samples, validation, summary, source)``.
+
+    * ``validation_images`` given: split conformal on them; every good image fits.
+    * ``val_ratio`` given: split conformal on ``max(min_val, ceil(val_ratio * n))`` good
+      images held out at random; the others fit.
+    * ``n_folds`` given: cross-fitting (below), even when the dataset has a validation split.
+    * none of these and the layout has its own ``validation/good`` images
+      (``own_validation``: MVTec LOCO AD, MVTec AD 2): split conformal on them; every good
+      training image fits.
+    * otherwise: cross-fitting with ``n_folds`` (default 5) folds; every good image fits the
+      final model and all but ``n mod K`` get an out-of-fold score.
+
+    ``summary`` states the rule and its counts in one line; ``source`` names where the
+    calibration scores come from.
+    """
+    n = len(good)
+    if validation_images is not None:
+        if val_ratio is not None or n_folds is not None or min_val:
+            raise CalibrationError("a separate validation folder excludes val_ratio, min_val "
+                                   "and n_folds")
+        validation = [Path(p) for p in validation_images]
+        if not validation:
+            raise DatasetError("validation_images is empty")
+        return "split", good, validation, (
+            f"split conformal: {len(validation)} images of a separate validation folder; "
+            f"the detector is fitted on all {n} good training images"), \
+            "separate validation images"
+    if val_ratio is not None:
+        if n_folds is not None:
+            raise CalibrationError("val_ratio (a validation split) excludes n_folds "
+                                   "(cross-fitting)")
+        fit_samples, held = split_validation(good, val_ratio, min_val, random_state)
+        rule = (f"max({min_val}, ceil({val_ratio:g} x {n}))" if min_val
+                else f"ceil({val_ratio:g} x {n})")
+        return "split", fit_samples, held, (
+            f"split conformal: {len(held)} of {n} good training images held out for "
+            f"validation ({rule}); the detector is fitted on the other {len(fit_samples)}"), \
+            "split of train/good"
+    if min_val:
+        raise CalibrationError("min_val applies to a validation split: give val_ratio too")
+    if n_folds is None and own_validation:
+        return "split", good, list(own_validation), (
+            f"split conformal: the dataset's {len(own_validation)} validation/good images; "
+            f"the detector is fitted on all {n} good training images"), \
+            "validation split of the dataset"
+    k = DEFAULT_FOLDS if n_folds is None else int(n_folds)
+    size = n // k if k >= 1 else 0
+    left = n - size * k if k >= 1 else n
+    extra = f"; {left} fit every fold model without a score" if left else ""
+    return "cross_fit", good, [], (
+        f"cross-fitted: {k} folds of {size} good training images, {size * k} out-of-fold "
+        f"scores{extra}; the final detector is fitted on all {n}"), \
+        "out-of-fold scores of train/good"
+
+
 def train_model(
     category_data: CategoryData,
     out_dir: str | os.PathLike[str],
     detector: str = DEFAULT_DETECTOR,
     detector_params: dict[str, Any] | None = None,
-    val_ratio: float = 0.1,
-    min_val: int = 10,
+    val_ratio: float | None = None,
+    min_val: int = 0,
     alpha: float = DEFAULT_ALPHA,
     random_state: int = 0,
     *,
+    n_folds: int | None = None,
     pixel_fpr: float = DEFAULT_PIXEL_FPR,
     min_region_area: int = 1,
     validation_images: Sequence[str | os.PathLike[str]] | None = None,
+    defect_images: Sequence[str | os.PathLike[str]] | None = None,
     batch_size: int = 1,
     progress: ProgressCallback | None = None,
 ) -> InspectionModel:
-    """Fit a detector on good training images, calibrate it on held-out good images, save both.
+    """Fit a detector on good training images, calibrate it on good images it did not see.
+
+    The calibration rule (:func:`_split_plan`; the one-line ``calibration_summary`` of
+    ``training.json`` states it):
+
+    * default: **cross-fitted** (:mod:`defectmap.calibrate.crossfit`): ``n_folds`` fold
+      models give every good image an out-of-fold score; the final detector is fitted on
+      all good images;
+    * default for layouts with their own ``validation/good`` split (MVTec LOCO AD, MVTec AD
+      2): split conformal on those images (``n_folds`` forces cross-fitting instead);
+    * ``val_ratio``: **split conformal** on a random held-out share of ``train/good``;
+    * ``validation_images``: split conformal on a separate folder of good images.
 
     Parameters
     ----------
@@ -381,18 +477,23 @@ def train_model(
     detector : registered detector name.
     detector_params : its constructor arguments. ``random_state`` seeds it too unless these
         set their own.
-    val_ratio, min_val : validation share of ``train/good`` (see
-        :func:`~defectmap.calibrate.split_validation`).
+    val_ratio : validation share of ``train/good`` in (0, 1); None (default) cross-fits.
+    min_val : with ``val_ratio``, hold out at least this many images (default 0: exactly
+        ``ceil(val_ratio * n)``).
     alpha : target false-alarm rate of the image threshold.
-    random_state : seed of the split (and of the detector, see above).
-    pixel_fpr : target pixel false-positive rate on good validation pixels.
+    random_state : seed of the folds or the split (and of the detector, see above).
+    n_folds : K of cross-fitting (default 5); only without ``val_ratio`` and
+        ``validation_images``.
+    pixel_fpr : target pixel false-positive rate on good calibration pixels.
     min_region_area : smallest region (pixels) kept in predicted masks.
-    validation_images : a separate folder's good images (paths) used for calibration instead
-        of a split; then every ``train/good`` image fits the detector. Default: the
-        dataset's own validation split when it has one (MVTec LOCO AD, MVTec AD 2), else a
-        split of ``train/good``.
-    batch_size : images per forward pass when scoring the validation images.
-    progress : reports ``(task, done, total)`` of the fit and of the validation scoring
+    validation_images : a separate folder's good images (paths) used for calibration; then
+        every ``train/good`` image fits the detector.
+    defect_images : known defective samples (paths), optional. They are only scored by the
+        final detector to report the miss rate at the threshold with a Clopper-Pearson
+        interval (:mod:`defectmap.calibrate.misses`); they never fit a model and never move
+        the threshold.
+    batch_size : images per forward pass when scoring calibration and defect images.
+    progress : reports ``(task, done, total)`` of the checks, fits and the scoring
         (see :mod:`defectmap.progress`).
 
     Returns
@@ -403,64 +504,94 @@ def train_model(
     Raises
     ------
     DatasetError : no good training images.
-    CalibrationError : too few images for the split, or invalid alpha / pixel_fpr.
-    ImageReadError : training or validation images that cannot be read (all listed).
+    CalibrationError : conflicting or invalid rule (val_ratio with n_folds, too few images
+        for the split or the folds), or invalid alpha / pixel_fpr.
+    ImageReadError : training, validation or defect images that cannot be read (all listed).
     DefectmapError : ``out_dir`` exists and is not a model directory, or holds other files.
     UnknownDetectorError, DefectmapError : unknown detector name or parameter (see
         :func:`~defectmap.detectors.build_detector`).
     """
     from defectmap.detectors import build_detector, create_detector
 
-    started_at, t0 = _now(), time.perf_counter()
+    started_at = _now()
     out_dir = Path(out_dir)
     check_replaceable(out_dir, MODEL_FILE, MODEL_FILES)  # fail before the (long) fit
+    alpha = check_fraction("alpha", alpha)
+    pixel_fpr = check_fraction("pixel_fpr", pixel_fpr)
     good = [s for s in category_data.train if s.label == 0]
     if not good:
         raise DatasetError(f"{category_data.root}: no good training images to fit on")
-    validation: list[Sample] | list[Path]
-    if validation_images is None and category_data.validation:
-        fit_samples, validation = good, list(category_data.validation)
-        source = "validation split of the dataset"
-    elif validation_images is None:
-        fit_samples, validation = split_validation(good, val_ratio, min_val, random_state)
-        source = "split of train/good"
-    else:
-        fit_samples, validation = good, [Path(p) for p in validation_images]
-        source = "separate validation images"
-        if not validation:
-            raise DatasetError("validation_images is empty")
+    method, fit_samples, validation, summary, source = _split_plan(
+        good, val_ratio, min_val, n_folds, validation_images, random_state,
+        list(category_data.validation))
+    defects = [Path(p) for p in defect_images or []]
 
     val_paths = [s.path if isinstance(s, Sample) else s for s in validation]
     # Every image's header and integrity before the long extraction: one error lists them all.
     infos = check_images([s.path for s in fit_samples] + val_paths, progress=progress,
                          task="checking training images")
+    if defects:
+        check_images(defects, progress=progress, task="checking known defect images")
     params = dict(detector_params or {})
     model = build_detector(detector, params)  # __init__ only stores: cheap
     if "random_state" not in params and "random_state" in model.get_params():
-        model = create_detector(detector, **params, random_state=random_state)
-    model.fit([s.path for s in fit_samples], progress=progress)
-    fit_seconds = time.perf_counter() - t0
-    prediction = model.predict(val_paths, batch_size=batch_size, progress=progress)
-    calibration = fit_calibration(prediction.scores, prediction.maps, alpha=alpha,
-                                  pixel_fpr=pixel_fpr, min_region_area=min_region_area)
+        params["random_state"] = random_state
+    maps_rate = max(PIXEL_FPR_GRID[-1], pixel_fpr)
+    calibration_info: dict[str, Any] = {"method": method}
+    if method == "cross_fit":
+        k = DEFAULT_FOLDS if n_folds is None else int(n_folds)
+        result = cross_fit(lambda: create_detector(detector, **params),
+                           [s.path for s in good], k, random_state, batch_size=batch_size,
+                           max_pixel_fpr=maps_rate, progress=progress)
+        model = result.detector
+        fit_seconds, calibrate_seconds = result.fit_seconds, result.calibrate_seconds
+        scores, pixels = result.scores, result.pixels
+        validation = [s for s, f in zip(good, result.folds, strict=True) if f >= 0]
+        calibration_info.update(n_folds=k, shared_features=result.shared_features,
+                                folds=[int(f) for f in result.folds])
+    else:
+        k = None
+        model = create_detector(detector, **params)
+        fit_start = time.perf_counter()
+        model.fit([s.path for s in fit_samples], progress=progress)
+        fit_seconds = time.perf_counter() - fit_start
+        prediction = model.predict(val_paths, batch_size=batch_size, progress=progress)
+        scores = prediction.scores
+        pixels = PixelTail(sum(int(m.size) for m in prediction.maps), maps_rate)
+        for i, anomaly_map in enumerate(prediction.maps):
+            pixels.add(anomaly_map, f"validation map {i}")
+        pixels.finish()
+        del prediction
+        calibrate_seconds = time.perf_counter() - fit_start - fit_seconds
+    defect_scores = None
+    if defects:
+        defect_scores = model.predict(defects, batch_size=batch_size, progress=progress).scores
+    calibration = fit_calibration(scores, alpha=alpha, pixel_fpr=pixel_fpr,
+                                  min_region_area=min_region_area, method=method, n_folds=k,
+                                  pixels=pixels, defect_scores=defect_scores)
     info = {
         "format": "defectmap-training",
-        "format_version": 1,
+        "format_version": 2,
         "package_version": __version__,
         "category": category_data.name,
         "dataset_root": str(Path(category_data.root).resolve()),
         "layout": category_data.layout,
         "detector": detector,
         "detector_params": model.get_params(),
+        "calibration_method": method,
+        "calibration_summary": summary,
         "validation_source": source,
         "n_train_good": len(good),
         "n_fit": len(fit_samples),
         "n_val": len(validation),
+        "n_defects": len(defects),
         "fit_stems": _stems(fit_samples),
         "val_stems": _stems(validation),
+        "defect_stems": _stems(defects),
         "images": ImageProfile.of(infos).to_dict(),
         "val_ratio": val_ratio,
         "min_val": min_val,
+        "n_folds": k,
         "random_state": random_state,
         "alpha": alpha,
         "pixel_fpr": pixel_fpr,
@@ -468,7 +599,8 @@ def train_model(
         "started_at": started_at,
         "finished_at": _now(),
         "fit_seconds": round(fit_seconds, 3),
-        "calibrate_seconds": round(time.perf_counter() - t0 - fit_seconds, 3),
+        "calibrate_seconds": round(calibrate_seconds, 3),
+        "calibration": calibration_info,
     }
 
     # Incl. Ctrl-C: no half-written directory is left behind, an old model stays whole.
@@ -477,3 +609,75 @@ def train_model(
         calibration.save(tmp_dir)
         write_json(tmp_dir / TRAINING_FILE, info)
     return InspectionModel(model, calibration, info, directory=out_dir)
+
+
+def recalibrate(
+    model_dir: str | os.PathLike[str],
+    alpha: float | None = None,
+    pixel_fpr: float | None = None,
+    min_region_area: int | None = None,
+) -> Calibration:
+    """Move a saved model's operating point without refitting; rewrite its calibration.json.
+
+    The calibration scores (out-of-fold or validation) are stored in ``calibration.json``,
+    so this reads no image and loads no detector: it takes milliseconds. ``pixel_fpr`` must
+    be one of the rates stored with the calibration
+    (:data:`~defectmap.calibrate.PIXEL_FPR_GRID` and the fitted one). The file is replaced
+    atomically; the model's hash changes with it.
+
+    Parameters
+    ----------
+    model_dir : a model directory written by :func:`train_model`.
+    alpha, pixel_fpr, min_region_area : the new values; None keeps the current one.
+
+    Returns
+    -------
+    Calibration
+        The new calibration, as written.
+
+    Raises
+    ------
+    ModelFileError : no or an invalid ``calibration.json``.
+    CalibrationError : invalid value, or a pixel rate that was not stored.
+
+    Warns
+    -----
+    CalibrationWarning : too few calibration scores for ``alpha``.
+    """
+    from defectmap.runtime.manifest import is_export_dir
+
+    folder = Path(model_dir)
+    current = Calibration.load(folder)
+    new = current.at(alpha=alpha, pixel_fpr=pixel_fpr, min_region_area=min_region_area)
+    if is_export_dir(folder):
+        _recalibrate_export(folder, new)
+    else:
+        new.save(folder)  # one atomic file replace: a reader sees the old or the new file
+    return new
+
+
+def _recalibrate_export(folder: Path, calibration: Calibration) -> None:
+    """Write ``calibration`` into an exported folder and its new hash into ``export.json``.
+
+    The folder must still match its manifest (else :class:`ModelFileError`, as on load).
+    A copy of the folder (hard links where possible) gets the two new files and is swapped
+    in whole (:func:`~defectmap.files.atomic_output_dir`), so a reader never sees a
+    ``calibration.json`` that ``export.json`` does not list.
+    """
+    from defectmap.runtime.manifest import EXPORT_FILE, read_manifest, write_manifest
+
+    manifest = read_manifest(folder)  # refuses a folder changed since export
+    kept = {k: v for k, v in manifest.items() if k not in ("format", "format_version", "files")}
+    skip = {CALIBRATION_FILE, EXPORT_FILE}
+    with atomic_output_dir(folder, marker=EXPORT_FILE) as tmp:
+        for path in sorted(folder.rglob("*")):
+            name = path.relative_to(folder)
+            if not path.is_file() or name.as_posix() in skip:
+                continue
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(path, tmp / name)  # never written in place: safe to share
+            except OSError:
+                shutil.copy2(path, tmp / name)
+        calibration.save(tmp)
+        write_manifest(tmp, kept)

@@ -1,45 +1,49 @@
 """Conformal ranks, thresholds, p-values and score normalisation, as pure NumPy functions.
 
-Everything here is computed from the anomaly scores and maps of *defect-free validation
-images* (carved from ``train/good`` by :func:`~defectmap.calibrate.split_validation`, never
-from the test set):
+Everything here is computed from the anomaly scores and maps of *defect-free images* that
+the scoring model did not see: a held-out validation set (split conformal), or the
+out-of-fold scores of cross-fitting (:mod:`defectmap.calibrate.crossfit`, the default);
+never the test set.
 
-* **Image threshold (split conformal).** Let ``v_(1) <= ... <= v_(n)`` be the sorted
-  validation scores and ``k = ceil((n + 1) (1 - alpha))``. The threshold is ``t = v_(k)`` and
-  an image is called defective when its score is **strictly above** ``t``.
+* **Image threshold.** Let ``v_(1) <= ... <= v_(n)`` be the sorted calibration scores and
+  ``k = ceil((n + 1) (1 - alpha))``. The threshold is ``t = v_(k)`` and an image is called
+  defective when its score is **strictly above** ``t``.
 
-  *Guarantee.* If the validation scores and the score ``S`` of a new good image are
-  exchangeable (e.g. i.i.d. good images, same detector, same imaging conditions), the rank of
-  ``S`` among the ``n + 1`` scores is uniform, so ::
+  *Split-conformal guarantee.* If the validation scores and the score ``S`` of a new good
+  image are exchangeable (e.g. i.i.d. good images, same detector, same imaging conditions),
+  the rank of ``S`` among the ``n + 1`` scores is uniform, so ::
 
       P(false alarm) = P(S > v_(k)) <= (n + 1 - k) / (n + 1) <= alpha,
 
   and, when there are no ties, ``P(false alarm) = (n + 1 - k) / (n + 1) >= alpha - 1/(n+1)``.
   The probability is over the draw of the validation set *and* the new image; a given
   calibration may be above or below ``alpha``. The guarantee says nothing about defective
-  images and breaks when the good images drift (lighting, new batch of parts).
+  images and breaks when the good images drift (lighting, new batch of parts). The
+  cross-fitted guarantee is weaker: see :func:`cross_conformal_bound`.
 
-  *Too few validation images.* The bound needs ``k <= n``, i.e. ``n >= ceil(1/alpha) - 1``
-  (99 images for ``alpha = 0.01``, 19 for ``0.05``). With fewer, the threshold is the largest
-  validation score, ``guarantee_holds`` is False, the calibration's ``false_alarm_bound`` is
-  the bound that does hold, ``1/(n+1)``, and a :class:`CalibrationWarning` names the minimum
-  ``n``.
+  *Too few calibration images.* The rank needs ``k <= n``, i.e. ``n >= ceil(1/alpha) - 1``
+  (99 images for ``alpha = 0.01``, 19 for ``0.05``). With fewer, no score has
+  ``p <= alpha``; the threshold is then the largest calibration score (the decision rule
+  ``"largest_score"``), ``guarantee_holds`` is False, the calibration's
+  ``false_alarm_bound`` is the bound that does hold (``1/(n+1)`` for split conformal), and
+  a :class:`CalibrationWarning` names the minimum ``n``.
 
 * **Conformal p-value** of a score ``s``: ``p = (1 + #{v_i >= s}) / (n + 1)``. For a good image
-  ``P(p <= u) <= u`` for every ``u`` (uniform on the grid ``{1, ..., n+1} / (n+1)`` without
-  ties), and ``s > t  <=>  p <= alpha`` whenever the guarantee holds.
+  and split conformal, ``P(p <= u) <= u`` for every ``u`` (uniform on the grid
+  ``{1, ..., n+1} / (n+1)`` without ties). ``s > t  <=>  p <= alpha`` whenever ``k <= n``
+  (the decision rule ``"p_value"``).
 
-* **Pixel threshold.** The ``ceil(N (1 - pixel_fpr))``-th smallest of the ``N`` validation
-  pixel scores, so at most a fraction ``pixel_fpr`` of validation pixels lies strictly above
-  it. The default ``pixel_fpr = 0.001`` flags on average one pixel in a thousand of a good
+* **Pixel threshold.** The ``ceil(N (1 - pixel_fpr))``-th smallest of the ``N`` calibration
+  pixel scores, so at most a fraction ``pixel_fpr`` of them lies strictly above it. The
+  default ``pixel_fpr = 0.001`` flags on average one pixel in a thousand of a good
   image (about 65 pixels of a 256 x 256 map, a single small blob with smooth maps): low enough
   that good parts rarely show a region, while defects (typically 0.1 - 10 % of the image)
   still light up. Pixels of one image are correlated, so this is an empirical rate on good
-  validation images, not a per-image guarantee.
+  images, not a per-image guarantee.
 
 * **Normalised scores** in ``(0, 1)``: ``u = 0.5 + 0.5 x / (1 + |x|)`` with
-  ``x = (s - t) / scale`` and ``scale`` a robust spread (1.4826 x MAD) of the validation scores
-  (pixels for maps). It is strictly increasing, exactly 0.5 at the threshold, so ranking
+  ``x = (s - t) / scale`` and ``scale`` a robust spread (1.4826 x MAD) of the calibration
+  scores (pixels for maps). It is strictly increasing, exactly 0.5 at the threshold, so ranking
   metrics (AUROC, AU-PRO) do not change. This algebraic sigmoid is used instead of the logistic
   function because the logistic reaches exactly 1.0 in float64 about 37 spreads above the
   threshold, which would tie strongly anomalous pixels and change AU-PRO; the algebraic tail
@@ -62,6 +66,7 @@ __all__ = [
     "CalibrationError",
     "CalibrationWarning",
     "conformal_rank",
+    "cross_conformal_bound",
     "image_threshold",
     "min_validation_size",
     "normalize",
@@ -181,6 +186,28 @@ def image_threshold(sorted_scores: NDArray[np.float64], alpha: float) -> tuple[f
     rank = conformal_rank(n, alpha)
     threshold = float(sorted_scores[min(rank, n) - 1])
     return threshold, rank, (n + 1 - min(rank, n)) / (n + 1)
+
+
+def cross_conformal_bound(n: int, n_folds: int, attained_alpha: float) -> float:
+    """The proven false-alarm bound of K-fold cross-conformal p-values (CV+), capped at 1.
+
+    ``2 a + min(2 (1 - 1/K) / (n/K + 1), (1 - K/n) / (K + 1))`` with ``a`` the attained level
+    ``(n + 1 - k) / (n + 1)`` of the threshold rank (``a <= alpha``): Barber, Candes, Ramdas
+    and Tibshirani, "Predictive inference with the jackknife+", Ann. Statist. 49(1), 2021,
+    Theorem 4 (stated for ``n`` divisible by ``K``), with the residual replaced by the
+    anomaly score. What it covers and what it does not is written out in
+    :mod:`defectmap.calibrate.crossfit`.
+
+    Examples
+    --------
+    >>> round(cross_conformal_bound(205, 5, 2 / 206), 4)
+    0.0575
+    >>> cross_conformal_bound(10, 10, 0.05)  # K = n (jackknife+): exactly 2 a
+    0.1
+    """
+    k = int(n_folds)
+    extra = min(2 * (1 - 1 / k) / (n / k + 1), (1 - k / n) / (k + 1))
+    return min(1.0, 2 * float(attained_alpha) + extra)
 
 
 def pixel_threshold(pixels: NDArray[Any], pixel_fpr: float) -> float:

@@ -52,6 +52,21 @@ def _root(
     del debug
 
 
+#: Options whose value may be left out, and the value they then take.
+_OPTIONAL_VALUES = {"--ray": "auto"}
+
+
+def _fill_optional_values(argv: list[str]) -> list[str]:
+    """``--ray`` at the end or before another option means ``--ray=auto``."""
+    out = []
+    for i, arg in enumerate(argv):
+        following = argv[i + 1] if i + 1 < len(argv) else None
+        if arg in _OPTIONAL_VALUES and (following is None or following.startswith("-")):
+            arg = f"{arg}={_OPTIONAL_VALUES[arg]}"
+        out.append(arg)
+    return out
+
+
 _Types = tuple[type[BaseException], ...]
 
 
@@ -112,6 +127,7 @@ def run_app(argv: list[str]) -> int:
     """
     debug = "--debug" in argv or bool(os.environ.get(_DEBUG_ENV))
     usage_errors, exits, aborts = _exception_types()
+    argv = _fill_optional_values(argv)
     try:
         # With standalone_mode=False click returns the code of ``typer.Exit(code)`` (or the
         # command's own return value, which our commands leave as None).

@@ -1,7 +1,9 @@
-"""CLI commands on models: ``fit``, ``predict``, ``evaluate``, ``benchmark`` and ``demo``.
+"""CLI commands on models: ``fit``, ``recalibrate``, ``predict``, ``evaluate``, ``benchmark``,
+``demo``.
 
-Thin wrappers: parse flags, call :mod:`defectmap.pipeline` and :mod:`defectmap.evaluate`,
-print. Heavy imports (torch) happen inside the commands so that ``--help`` stays fast.
+Thin wrappers: parse flags, call :mod:`defectmap.pipeline` and :mod:`defectmap.evaluate`
+(with ``--ray``: :mod:`defectmap.distributed`), print. Heavy imports (torch, Ray) happen
+inside the commands so that ``--help`` stays fast.
 """
 
 from __future__ import annotations
@@ -24,8 +26,15 @@ from defectmap.cli.options import (
     image_size_option,
     ratio_option,
     seed_option,
+    seeds_option,
 )
-from defectmap.constants import DEFAULT_ALPHA, DEFAULT_DETECTOR, DEFAULT_FPR_LIMIT
+from defectmap.constants import (
+    DEFAULT_ALPHA,
+    DEFAULT_DETECTOR,
+    DEFAULT_FOLDS,
+    DEFAULT_FPR_LIMIT,
+    DEFAULT_PIXEL_FPR,
+)
 from defectmap.errors import DefectmapError
 
 
@@ -59,6 +68,20 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else f"{float(value):.3f}"
 
 
+def _print_calibration(cal: Any) -> None:
+    """The operating point in words: threshold, rule, guarantee, pixel threshold, defects."""
+    rule = ("p <= alpha" if cal.decision_rule == "p_value"
+            else "the largest calibration score (too few scores for p <= alpha)")
+    console.print(f"image threshold {cal.image_threshold:.4g} at alpha {cal.alpha:g}, "
+                  f"decided by {rule}", highlight=False)
+    console.print(f"guarantee: {cal.guarantee}", highlight=False, soft_wrap=True)
+    if cal.pixel_threshold is not None:
+        console.print(f"pixel threshold {cal.pixel_threshold:.4g} "
+                      f"(pixel_fpr {cal.pixel_fpr:g})", highlight=False)
+    if cal.miss_estimate is not None:
+        console.print(f"known defects: {cal.miss_estimate}", highlight=False)
+
+
 @app.command(
     "fit",
     epilog="Example: defectmap fit data/mvtec_ad --category bottle --out models/bottle",
@@ -73,33 +96,132 @@ def fit_command(
     backbone: str | None = typer.Option(None, "--backbone", metavar="NAME",
                                         help="Feature backbone."),
     image_size: int | None = image_size_option(),
-    val_ratio: float = ratio_option(0.1, "--val-ratio", low_open=False,
-                                    help="Fraction of train/good held out to calibrate"),
+    param: list[str] | None = typer.Option(
+        None, "--param", metavar="KEY=VALUE", help="Detector parameter (repeatable), e.g. "
+        "coreset_ratio=0.05; keys as in the detector's get_params()."),
+    folds: int | None = count_option(
+        None, "--folds", minimum=2, help=f"Cross-fitted calibration with K folds (the "
+        f"default, K={DEFAULT_FOLDS}): every good image fits the final model"),
+    val_ratio: float | None = ratio_option(
+        None, "--val-ratio", low_open=False, help="Split conformal instead: hold out "
+        "max(--min-val, ceil(ratio x n)) images of train/good to calibrate"),
+    min_val: int = count_option(
+        0, "--min-val", minimum=0, help="With --val-ratio: hold out at least this many "
+        "validation images (default 0: no hidden minimum)"),
+    val_dir: Path | None = typer.Option(
+        None, "--val-dir", metavar="DIR", help="Split conformal on a separate folder of good "
+        "images; all of train/good fits. Layouts with their own validation/good split "
+        "(MVTec LOCO AD, MVTec AD 2) calibrate on it by default (--folds cross-fits)."),
     alpha: float = ratio_option(DEFAULT_ALPHA, "--alpha", help="Target false-alarm rate"),
-    seed: int = seed_option(),
+    pixel_fpr: float = ratio_option(DEFAULT_PIXEL_FPR, "--pixel-fpr",
+                                    help="Target fraction of good pixels flagged"),
+    defects: Path | None = typer.Option(
+        None, "--defects", metavar="DIR", help="Folder of known defective images: only "
+        "scored, to report the miss rate at the threshold (never fitted, never moves the "
+        "threshold)."),
+    seed: int = seed_option(help="random_state of the folds/split and the fit."),
     out: Path = typer.Option(..., "--out", "-o", metavar="DIR",
                              help="Model folder to write (a model folder is replaced whole; "
                              "a folder holding other files is refused)."),
 ) -> None:
-    """Train a detector on the good training images and calibrate its thresholds."""
+    """Train a detector on the good training images and calibrate its thresholds.
+
+    Calibration is cross-fitted by default (split conformal on the dataset's own
+    validation/good images when its layout has them); --val-ratio or --val-dir switch to
+    split conformal.
+    """
     from defectmap.data.layouts import load_category
+    from defectmap.data.mvtec import list_images
+    from defectmap.detectors import parse_params
     from defectmap.pipeline import train_model
 
-    params = _detector_params(backbone, image_size)
+    chosen = [flag for flag, given in (("--folds", folds is not None),
+                                       ("--val-ratio", val_ratio is not None),
+                                       ("--val-dir", val_dir is not None)) if given]
+    if len(chosen) > 1:
+        raise CliUsageError(f"{' and '.join(chosen)} are different calibrations: give one")
+    if min_val and val_ratio is None:
+        raise CliUsageError("--min-val applies to a validation split: give --val-ratio too")
+    params = {**parse_params(detector, param or []), **_detector_params(backbone, image_size)}
+    val_images = None if val_dir is None else list_images(val_dir, "validation folder")
+    defect_images = None if defects is None else list_images(defects, "defects folder")
     data = load_category(dataset_root, category)
     start = time.perf_counter()
     with _warnings_as_lines(), progress_display() as progress:
         model = train_model(data, out, detector=detector, detector_params=params,
-                            val_ratio=val_ratio, alpha=alpha, random_state=seed,
+                            val_ratio=val_ratio, min_val=min_val, alpha=alpha,
+                            random_state=seed, n_folds=folds, pixel_fpr=pixel_fpr,
+                            validation_images=val_images, defect_images=defect_images,
                             progress=progress)
     seconds = time.perf_counter() - start
-    cal = model.calibration
-    console.print(f"trained [bold]{escape(detector)}[/bold] on {escape(data.name)} "
-                  f"({len(data.train)} good images) in {seconds:.1f} s", highlight=False)
-    if cal is not None:
-        console.print(f"image threshold {cal.image_threshold:.4g} (alpha {cal.alpha:g}, "
-                      f"{cal.n_val} validation images)", highlight=False)
+    info = model.info
+    console.print(f"trained [bold]{escape(detector)}[/bold] on {escape(data.name)}: fitted on "
+                  f"{info['n_fit']} good images in {seconds:.1f} s (fit "
+                  f"{info['fit_seconds']:.1f} s, calibration {info['calibrate_seconds']:.1f} s)",
+                  highlight=False)
+    console.print(f"calibration: {info['calibration_summary']}", markup=False,
+                  highlight=False, soft_wrap=True)
+    if model.calibration is not None:
+        _print_calibration(model.calibration)
     console.print(f"model written to {out}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _check_address(value: str | None) -> str | None:
+    """A usage error (exit 2) for a --ray value that is no address."""
+    if value is None:
+        return None
+    from defectmap.distributed.cluster import parse_address
+
+    try:
+        return parse_address(value)
+    except DefectmapError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _ray_option() -> Any:
+    return typer.Option(
+        None, "--ray", metavar="ADDRESS", callback=_check_address,
+        help="Run on Ray: auto (this machine's cluster), local (start one here), HOST:PORT "
+        "or ray://HOST:PORT; a bare --ray means auto. Needs defectmap[ray].")
+
+
+def _threads_option(what: str) -> Any:
+    return count_option(
+        None, "--threads",
+        help=f"Torch threads (and the CPUs {what} reserves); default: torch's default here; "
+        "results are bit-identical for the same count, locally or on Ray")
+
+
+def _ray_memory_option(what: str) -> Any:
+    return ratio_option(2.0, "--ray-memory", high=None,
+                        help=f"Memory each {what} reserves on Ray, GiB")
+
+
+@app.command(
+    "recalibrate",
+    epilog="Example: defectmap recalibrate models/bottle --alpha 0.05",
+)
+def recalibrate_command(
+    model_dir: Path = typer.Argument(..., metavar="MODEL_DIR",
+                                     help="Model folder written by `defectmap fit`."),
+    alpha: float | None = ratio_option(None, "--alpha", help="New target false-alarm rate"),
+    pixel_fpr: float | None = ratio_option(
+        None, "--pixel-fpr", help="New pixel rate, one of those stored with the model"),
+    min_region_area: int | None = count_option(
+        None, "--min-region-area", help="Smallest predicted region kept, in pixels"),
+) -> None:
+    """Move a model's operating point without refitting (rewrites calibration.json)."""
+    from defectmap.pipeline import recalibrate
+
+    if alpha is None and pixel_fpr is None and min_region_area is None:
+        raise CliUsageError("nothing to change: give --alpha, --pixel-fpr or "
+                            "--min-region-area")
+    with _warnings_as_lines():
+        cal = recalibrate(model_dir, alpha=alpha, pixel_fpr=pixel_fpr,
+                          min_region_area=min_region_area)
+    _print_calibration(cal)
+    console.print(f"calibration written to {Path(model_dir) / 'calibration.json'}",
+                  markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command(
@@ -127,25 +249,49 @@ def predict_command(
     runtime: Runtime | None = typer.Option(
         None, "--runtime", help="Inference runtime; default: the fastest installed one the "
         "model folder was exported for (torch for a folder that was not exported)."),
+    parquet: bool = typer.Option(False, "--parquet",
+                                 help="Also write results.parquet (the CSV's columns)."),
+    ray: str | None = _ray_option(),
+    threads: int | None = _threads_option("each model actor on Ray"),
+    ray_actors: int | None = count_option(
+        None, "--ray-actors", help="Model actors on Ray (default: the cluster's CPUs / "
+        "--threads)"),
+    ray_memory: float = _ray_memory_option("model actor"),
 ) -> None:
     """Score images: decision, score and p-value per image (CSV/JSON), maps and overlays.
 
-    A folder gives the images directly in it (--recursive: and in its sub-folders).
+    A folder gives the images directly in it (--recursive: and in its sub-folders). With
+    --ray, Ray Data feeds the batches to a pool of model actors; the files are the same as
+    without it. Every worker must see the model and the images at the same paths.
     """
     from rich.table import Table
 
     from defectmap.data.profile import InputMismatchError
     from defectmap.errors import UncalibratedModelError
-    from defectmap.evaluate.predict import predict_to_dir
-    from defectmap.pipeline import load_model
 
-    model = load_model(model_dir, runtime=None if runtime is None else runtime.value)
+    options: dict[str, Any] = {
+        "batch_size": batch_size, "write_maps": not no_maps, "write_overlays": not no_overlays,
+        "recursive": recursive, "uncalibrated": uncalibrated, "allow_mismatch": allow_mismatch,
+        "parquet": parquet, "n_threads": threads}
     try:
         with _warnings_as_lines(), progress_display() as progress:
-            rows = predict_to_dir(model, images, out, batch_size=batch_size,
-                                  write_maps=not no_maps, write_overlays=not no_overlays,
-                                  progress=progress, recursive=recursive,
-                                  uncalibrated=uncalibrated, allow_mismatch=allow_mismatch)
+            if ray is not None:
+                from defectmap.distributed import predict_on_ray
+
+                summary = predict_on_ray(ray, model_dir, images, out, progress=progress,
+                                         runtime=None if runtime is None else runtime.value,
+                                         n_actors=ray_actors, memory_gib=ray_memory,
+                                         **options)
+            else:
+                from defectmap.evaluate.predict import PredictSummary, predict_to_dir
+                from defectmap.pipeline import load_model
+
+                model = load_model(model_dir,
+                                   runtime=None if runtime is None else runtime.value)
+                rows = predict_to_dir(model, images, out, progress=progress, **options)
+                summary = PredictSummary(len(rows),
+                                         sum(r["decision"] == "defect" for r in rows),
+                                         rows[:20], model.calibration is not None)
     except UncalibratedModelError:
         raise DefectmapError(
             f"{model_dir}: no calibration.json, so no ok/defect decision can be made; refit "
@@ -155,13 +301,13 @@ def predict_command(
         raise DefectmapError(
             f"{len(exc.mismatches)} image(s) differ from the training images: {listed}; "
             "pass --allow-mismatch to score them anyway") from None
-    calibrated = model.calibration is not None
-    table = Table(title=f"{len(rows)} images")
+    n_images, calibrated = summary.n_images, summary.calibrated
+    table = Table(title=f"{n_images} images")
     columns = ("image", "score", "normalised", "p-value", "decision") if calibrated \
         else ("image", "score")
     for col in columns:
         table.add_column(col, justify="left" if col == "image" else "right")
-    for row in rows[:20]:
+    for row in summary.head[:20]:
         cells = [escape("/".join(Path(row["image"]).parts[-2:])), f"{row['score']:.4g}"]
         if calibrated:
             colour = "red" if row["decision"] == "defect" else "green"
@@ -169,16 +315,15 @@ def predict_command(
                       f"[{colour}]{row['decision']}[/{colour}]"]
         table.add_row(*cells)
     console.print(table)
-    if len(rows) > 20:
-        console.print(f"... {len(rows) - 20} more in {Path(out) / 'results.csv'}",
+    if n_images > 20:
+        console.print(f"... {n_images - 20} more in {Path(out) / 'results.csv'}",
                       markup=False, highlight=False, soft_wrap=True)
     if calibrated:
-        n_defect = sum(r["decision"] == "defect" for r in rows)
-        summary = f"{n_defect} of {len(rows)} flagged as defect; results in {out}"
+        text = f"{summary.n_defect} of {n_images} flagged as defect; results in {out}"
     else:
-        summary = (f"uncalibrated model: {len(rows)} raw scores, no ok/defect decision; "
-                   f"results in {out}")
-    console.print(summary, markup=False, highlight=False, soft_wrap=True)
+        text = (f"uncalibrated model: {n_images} raw scores, no ok/defect decision; "
+                f"results in {out}")
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:
@@ -212,6 +357,29 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
     if metrics.get("submission"):
         console.print(f"private test sets written for upload: {metrics['submission']}",
                       markup=False, highlight=False, soft_wrap=True)
+
+
+def _print_operating_points(metrics: dict[str, Any]) -> None:
+    """Each alpha's threshold (good images only) and its test-set rates, beside the oracle."""
+    from rich.table import Table
+
+    points = metrics.get("operating_points")
+    if not points:
+        return
+    table = Table(title="operating points (thresholds from good images; rates on the test set)")
+    for col in ("alpha", "rule", "threshold", "bound", "false-alarm rate", "miss rate"):
+        table.add_column(col, justify="left" if col in ("alpha", "rule") else "right")
+    for p in points:
+        rule = "p <= alpha" if p["decision_rule"] == "p_value" else "largest score"
+        table.add_row(f"{p['alpha']:g}" + (" (model)" if p["chosen"] else ""), rule,
+                      f"{p['threshold']:.4g}", _fmt(p["false_alarm_bound"]),
+                      _fmt(p["false_alarm_rate"]), _fmt(p["miss_rate"]))
+    oracle = metrics.get("oracle") or {}
+    if oracle.get("threshold") is not None:
+        table.add_row("oracle", "uses test labels", f"{oracle['threshold']:.4g}", "-",
+                      _fmt(oracle["false_alarm_rate"]), _fmt(oracle["miss_rate"]),
+                      style="dim")
+    console.print(table)
 
 
 @app.command(
@@ -255,6 +423,7 @@ def evaluate_command(
                                  progress=progress,
                                  loco_mode="official" if loco_official else "exact")
     _print_metrics(metrics)
+    _print_operating_points(metrics)
     console.print(f"report: {Path(out) / 'report.html'}", markup=False, highlight=False,
                   soft_wrap=True)
 
@@ -270,16 +439,33 @@ def _on_missing(category: str, reason: str) -> None:
                       highlight=False, soft_wrap=True)
 
 
+def _on_failed(f: dict[str, Any]) -> None:
+    from rich.markup import escape
+
+    err_console.print(f"[red]failed[/red] {escape(f['category'])} / {escape(f['column'])} "
+                      f"after {f['attempts']} attempts: {escape(f['error'])}",
+                      highlight=False, soft_wrap=True)
+
+
 def _print_benchmark(result: dict[str, Any], out: Path) -> None:
     from defectmap.report.table import build_table, to_rich
 
-    console.print(to_rich(build_table(result["rows"], result["detectors"]),
-                          title=f"benchmark ({len(result['rows'])} runs)"))
+    failed = result.get("failed", [])
+    title = f"benchmark ({len(result['rows'])} runs"
+    title += f", {len(failed)} failed)" if failed else ")"
+    console.print(to_rich(build_table(result["rows"], result["detectors"], failed),
+                          title=title))
     if result["missing"]:
         console.print("missing: " + ", ".join(m["category"] for m in result["missing"]),
                       markup=False, highlight=False)
+    for f in failed:
+        console.print(f"failed {f['category']}/{f['column']}: {f['error']}", markup=False,
+                      highlight=False, soft_wrap=True)
+    if result.get("resumed"):
+        console.print(f"{result['resumed']} cells reused from earlier runs (--resume)")
     for row in result["rows"]:
-        console.print(f"report {row['category']}/{row['detector']}: {row['report']}",
+        column = row.get("column", row["detector"])
+        console.print(f"report {row['category']}/{column}: {row['report']}",
                       markup=False, highlight=False, soft_wrap=True)
     console.print(f"table: {out / 'table.md'} (also table.csv, table.json)", markup=False,
                   highlight=False, soft_wrap=True)
@@ -302,30 +488,55 @@ def benchmark_command(
     backbone: str | None = typer.Option(None, "--backbone", metavar="NAME",
                                         help="Feature backbone."),
     image_size: int | None = image_size_option(),
-    seed: int = seed_option(help="random_state of every fit."),
+    seed: list[int] | None = seeds_option(
+        help="random_state of the fits (repeatable: a cell per seed; default 0)."),
+    param: list[str] | None = typer.Option(
+        None, "--param", metavar="KEY=VALUE",
+        help="Detector parameter of every cell (repeatable); a KEY given several times is a "
+        "grid axis, e.g. --param coreset_ratio=0.01 --param coreset_ratio=0.1."),
     alpha: float = ratio_option(DEFAULT_ALPHA, "--alpha", help="Target false-alarm rate"),
     out: Path = typer.Option(..., "--out", "-o", metavar="DIR", help="Output folder."),
+    resume: bool = typer.Option(False, "--resume",
+                                help="Skip the cells whose results are already in --out."),
+    ray: str | None = _ray_option(),
+    threads: int | None = _threads_option("each cell on Ray"),
+    ray_memory: float = _ray_memory_option("cell"),
 ) -> None:
-    """Fit and evaluate every (category, detector) pair; print and write the table.
+    """Fit and evaluate every (category, detector, parameter set, seed) cell; print and
+    write the table.
 
-    Without --category or --all, every category found under DATASET_ROOT is run.
+    Without --category or --all, every category found under DATASET_ROOT is run. A cell that
+    fails is retried once, then shown as failed; the others go on. With --ray each cell is a
+    Ray task; DATASET_ROOT and --out must be at the same paths on every node.
     """
     from defectmap.data.mvtec import select_categories
-    from defectmap.evaluate.benchmark import run_benchmark
+    from defectmap.evaluate.benchmark import grid_from_items, run_benchmark
 
     if category and all_categories:
         raise CliUsageError("give either --category or --all, not both")
     categories = select_categories(dataset_root, category, all_categories)
     detectors = list(detector) if detector else [DEFAULT_DETECTOR]
+    options: dict[str, Any] = {
+        "detector_params": _detector_params(backbone, image_size),
+        "param_sets": grid_from_items(param or []), "seeds": list(seed or [0]),
+        "alpha": alpha, "resume": resume, "n_threads": threads, "on_result": _on_result,
+        "on_missing": _on_missing, "on_failed": _on_failed}
     with _warnings_as_lines(), progress_display() as progress:
-        result = run_benchmark(dataset_root, categories, detectors, out,
-                               detector_params=_detector_params(backbone, image_size),
-                               random_state=seed, alpha=alpha, on_result=_on_result,
-                               on_missing=_on_missing, progress=progress)
-    if not result["rows"]:
+        if ray is not None:
+            from defectmap.distributed import run_benchmark_on_ray
+
+            result = run_benchmark_on_ray(ray, dataset_root, categories,
+                                          detectors, out, memory_gib=ray_memory,
+                                          progress=progress, **options)
+        else:
+            result = run_benchmark(dataset_root, categories, detectors, out,
+                                   progress=progress, **options)
+    if not result["rows"] and not result["failed"]:
         raise DefectmapError(f"{dataset_root}: none of the categories "
                              f"{', '.join(categories)} could be evaluated")
     _print_benchmark(result, out)
+    if result["failed"]:
+        raise typer.Exit(1)
 
 
 @app.command(

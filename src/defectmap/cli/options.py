@@ -13,7 +13,8 @@ import typer
 
 from defectmap.constants import MAX_INPUT_SIZE, MIN_INPUT_SIZE
 
-__all__ = ["count_option", "image_size_option", "port_option", "ratio_option", "seed_option"]
+__all__ = ["count_option", "image_size_option", "port_option", "ratio_option", "seed_option",
+           "seeds_option"]
 
 
 def _bounds(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
@@ -45,7 +46,7 @@ def _help(text: str, bounds: str) -> str:
     return f"{text.rstrip('.')}, {bounds}."
 
 
-def count_option(default: int, *names: str, help: str, minimum: int = 1,
+def count_option(default: int | None, *names: str, help: str, minimum: int = 1,
                  maximum: int | None = None) -> Any:
     """An integer count flag, ``>= minimum`` (and ``<= maximum``)."""
     check = _checker(minimum, maximum)
@@ -58,7 +59,20 @@ def seed_option(default: int = 0, help: str = "random_state of the split and the
     return typer.Option(default, "--seed", callback=_checker(0, None), help=_help(help, ">= 0"))
 
 
-def ratio_option(default: float | None, *names: str, help: str, low: float = 0.0, high: float = 1.0,
+def seeds_option(help: str) -> Any:
+    """A repeatable ``--seed`` flag: integers >= 0 (None when not given)."""
+    check = _checker(0, None)
+
+    def check_all(values: list[int] | None) -> list[int] | None:
+        for value in values or []:
+            check(value)
+        return list(values) if values else None
+
+    return typer.Option(None, "--seed", callback=check_all, help=_help(help, ">= 0"))
+
+
+def ratio_option(default: float | None, *names: str, help: str, low: float = 0.0,
+                 high: float | None = 1.0,
                  low_open: bool = True, high_open: bool = True) -> Any:
     """A float flag within an interval, open or closed at each end (default ``(0, 1)``)."""
     text = _bounds(low, high, low_open, high_open)

@@ -54,6 +54,7 @@ __all__ = [
     "is_category_dir",
     "is_grayscale_category",
     "list_categories",
+    "list_images",
     "load_category",
     "read_sample_mask",
     "scan_category",
@@ -88,6 +89,24 @@ def _visible(path: Path) -> bool:
 
 def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def list_images(folder: str | Path, what: str = "image folder") -> list[Path]:
+    """The image files directly in ``folder``, sorted by name (subfolders are not read).
+
+    Raises
+    ------
+    DatasetError
+        ``folder`` is not a folder or holds no image file (the message names ``what``).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: {what} not found or not a folder")
+    images = sorted(p for p in folder.iterdir() if _visible(p) and _is_image(p))
+    if not images:
+        raise DatasetError(f"{folder}: {what} holds no image file "
+                           f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return images
 
 
 def is_category_dir(folder: str | Path) -> bool:

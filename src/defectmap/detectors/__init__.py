@@ -5,12 +5,13 @@
 ['padim', 'patchcore']
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from defectmap.constants import DEFAULT_DETECTOR, MIN_INPUT_SIZE
 from defectmap.detectors.base import (
     Detector,
+    FeatureSet,
     Prediction,
     UnknownDetectorError,
     create_detector,
@@ -25,7 +26,9 @@ from defectmap.errors import DefectmapError
 __all__ = [
     "DEFAULT_DETECTOR",
     "build_detector",
+    "parse_params",
     "Detector",
+    "FeatureSet",
     "PaDiM",
     "PatchCore",
     "Prediction",
@@ -58,3 +61,63 @@ def build_detector(name: str, params: Mapping[str, Any] | None = None) -> Detect
         return create_detector(name, **params)
     except TypeError as exc:
         raise DefectmapError(f"detector {name!r}: {exc}") from exc
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _typed(name: str, key: str, text: str, default: Any) -> Any:
+    """``text`` as the type of the parameter's default (None default: int, float or text)."""
+    lowered = text.strip().lower()
+    if isinstance(default, bool):
+        if lowered not in _TRUE + _FALSE:
+            raise DefectmapError(f"detector {name!r}: {key} must be true or false, got {text!r}")
+        return lowered in _TRUE
+    if default is None and lowered in ("none", "null"):
+        return None
+    kinds: tuple[type, ...] = (int, float) if default is None else (type(default),)
+    for kind in kinds:
+        if kind is str:
+            return text
+        try:
+            value = kind(text)
+        except ValueError:
+            continue
+        return value
+    expected = "a number" if default is None else type(default).__name__
+    raise DefectmapError(f"detector {name!r}: {key} must be {expected}, got {text!r}")
+
+
+def parse_params(name: str, items: Sequence[str]) -> dict[str, Any]:
+    """Detector parameters typed as ``KEY=VALUE``, checked against its ``get_params()``.
+
+    Values take the type of the parameter's default (``true``/``false`` for booleans;
+    ``none`` allowed where the default is None).
+
+    Raises
+    ------
+    UnknownDetectorError
+        ``name`` is not registered.
+    DefectmapError
+        Not ``KEY=VALUE``, a key the detector does not have (the message lists the valid
+        ones), or a value of the wrong type.
+
+    Examples
+    --------
+    >>> parse_params("patchcore", ["coreset_ratio=0.05", "augment_rotations=false"])
+    {'coreset_ratio': 0.05, 'augment_rotations': False}
+    """
+    from defectmap.detectors.base import _detector_class
+
+    defaults = _detector_class(name)().get_params()  # __init__ only stores: cheap
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise DefectmapError(f"--param {item!r}: expected KEY=VALUE")
+        if key not in defaults:
+            raise DefectmapError(f"detector {name!r} has no parameter {key!r}; valid: "
+                                 f"{', '.join(sorted(defaults))}")
+        params[key] = _typed(name, key, text, defaults[key])
+    return params

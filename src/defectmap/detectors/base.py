@@ -5,6 +5,13 @@ arguments (``get_params()`` returns them), ``fit(images)`` learns from defect-fr
 returns ``self``, learned state ends in ``_``, and ``predict`` before ``fit``/``load`` raises
 :class:`~defectmap.errors.NotFittedError`.
 
+Shared features (for cross-fitted calibration, :mod:`defectmap.calibrate.crossfit`):
+:meth:`Detector.extract_features` runs the backbone once over a set of images and keeps its
+outputs (:class:`FeatureSet`); :meth:`Detector.fit_features` and
+:meth:`Detector.predict_features` fit on and score any subset of them without running the
+backbone again. ``fit`` gets its features from :meth:`Detector._extract` only, so
+``fit_features`` works for every subclass by pointing that one step at the stored features.
+
 On disk a detector is a directory with ``model.json`` (format version, detector name, params,
 package version, backbone and the tag and SHA-256 of its weights, non-array state) and
 ``weights.safetensors`` (the learned arrays). Loading never unpickles, and checks everything
@@ -27,6 +34,7 @@ import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar, cast
 
@@ -179,6 +187,56 @@ def load_detector(directory: str | os.PathLike) -> Detector:
     except UnknownDetectorError as exc:
         raise ModelFileError(f"{Path(directory) / MODEL_JSON}: {exc}") from exc
     return cls.load(directory)
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """Backbone outputs of N images, extracted once (:meth:`Detector.extract_features`).
+
+    Attributes
+    ----------
+    key : ``(backbone, input_size, strides)`` they were extracted with; a detector accepts
+        only features of its own key.
+    features : per image, one float32 tensor (C_s, h_s, w_s) per backbone stride.
+    sizes : native ``(H, W)`` of each image (its maps are resized to it).
+    """
+
+    key: tuple[str, int, tuple[int, ...]]
+    features: list[list[torch.Tensor]]
+    sizes: list[tuple[int, int]]
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the stored tensors, in bytes."""
+        return sum(t.element_size() * t.nelement() for image in self.features for t in image)
+
+    def batch(self, indices: Sequence[int]) -> list[torch.Tensor]:
+        """The stored outputs of ``indices`` stacked per stride: [(B, C_s, h_s, w_s), ...]."""
+        n_strides = len(self.features[indices[0]])
+        return [torch.stack([self.features[i][s] for i in indices]) for s in range(n_strides)]
+
+
+class _StoredImages(Sequence[ImageInput]):
+    """Stands for the images of a :class:`FeatureSet` in ``fit``; never read (see _extract)."""
+
+    def __init__(self, n: int) -> None:
+        self._n = n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, index: Any) -> Any:
+        raise RuntimeError("fit_features: the images are not available, only their features")
+
+
+def _index_batches(indices: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, len(indices), batch_size):
+        yield [int(i) for i in indices[start:start + batch_size]]
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -339,13 +397,86 @@ class Detector(ABC):
         with torch.inference_mode():
             for batch in iter_batches(images, batch_size, f"Scoring with {self.name}", progress):
                 x = preprocess(batch, self.input_size, backbone.mean, backbone.std)
-                batch_scores, grid_maps = self._predict_batch(backbone(x))
                 sizes = [(img.shape[0], img.shape[1]) for img in batch]
-                batch_maps = maps_to_native(grid_maps, sizes, self.input_size, self._sigma())
-                if self._map_max_score():
-                    batch_scores = torch.tensor([float(m.max()) for m in batch_maps])
-                scores.append(batch_scores.numpy().astype(np.float32))
+                batch_scores, batch_maps = self._score(backbone(x), sizes)
+                scores.append(batch_scores)
                 maps.extend(batch_maps)
+        all_scores = np.concatenate(scores) if scores else np.zeros(0, np.float32)
+        return Prediction(scores=all_scores, maps=maps)
+
+    def _score(self, features: list[torch.Tensor],
+               sizes: Sequence[tuple[int, int]]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Scores (B,) float32 and native-size maps of one batch of backbone outputs."""
+        batch_scores, grid_maps = self._predict_batch(features)
+        batch_maps = maps_to_native(grid_maps, sizes, self.input_size, self._sigma())
+        if self._map_max_score():
+            batch_scores = torch.tensor([float(m.max()) for m in batch_maps])
+        return batch_scores.numpy().astype(np.float32), batch_maps
+
+    # -- shared features (cross-fitting) -------------------------------------------------
+    def _feature_key(self) -> tuple[str, int, tuple[int, ...]]:
+        return (str(self.backbone), int(self.input_size), tuple(self._strides))
+
+    def extract_features(
+        self, images: Sequence[ImageInput], progress: ProgressCallback | None = None
+    ) -> FeatureSet:
+        """Run the backbone once over ``images`` (one at a time) and keep its outputs.
+
+        ``fit_features(features, all indices)`` then fits exactly what ``fit(images)`` fits,
+        and ``predict_features`` at batch 1 scores exactly as ``predict`` does. Memory: about
+        435 kB per image for PatchCore at 320 px (EfficientNet-Lite0, strides 8 and 16).
+        Needs no fitted state.
+        """
+        backbone = self._backbone()
+        features: list[list[torch.Tensor]] = []
+        sizes: list[tuple[int, int]] = []
+        with torch.inference_mode():
+            # the same task name as the subclasses' own fit ("PatchCore features")
+            for batch in iter_batches(images, 1, f"{type(self).__name__} features", progress):
+                x = preprocess(batch, self.input_size, backbone.mean, backbone.std)
+                features.append([f[0] for f in backbone(x)])
+                sizes.append((batch[0].shape[0], batch[0].shape[1]))
+        return FeatureSet(self._feature_key(), features, sizes)
+
+    def _check_features(self, features: FeatureSet) -> None:
+        if features.key != self._feature_key():
+            raise ValueError(f"features extracted with {features.key}, this {self.name} "
+                             f"needs {self._feature_key()}")
+
+    def fit_features(
+        self: D, features: FeatureSet, indices: Sequence[int] | np.ndarray | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> D:
+        """``fit`` on the stored features of ``indices`` (all when None); return self."""
+        self._check_features(features)
+        chosen = list(range(len(features))) if indices is None else [int(i) for i in indices]
+        self._feature_source: tuple[FeatureSet, list[int]] | None = (features, chosen)
+        try:
+            return self.fit(_StoredImages(len(chosen)), progress)
+        finally:
+            self._feature_source = None
+
+    def predict_features(
+        self, features: FeatureSet, indices: Sequence[int] | np.ndarray | None = None,
+        batch_size: int = 1, progress: ProgressCallback | None = None,
+    ) -> Prediction:
+        """:meth:`predict` on the stored features of ``indices`` (all when None)."""
+        self._check_fitted()
+        self._check_features(features)
+        chosen = list(range(len(features))) if indices is None else [int(i) for i in indices]
+        scores: list[np.ndarray] = []
+        maps: list[np.ndarray] = []
+        task = f"Scoring with {self.name}"
+        if progress is not None:
+            progress(task, 0, len(chosen))
+        with torch.inference_mode():
+            for rows in _index_batches(chosen, batch_size):
+                batch_scores, batch_maps = self._score(features.batch(rows),
+                                                       [features.sizes[i] for i in rows])
+                scores.append(batch_scores)
+                maps.extend(batch_maps)
+                if progress is not None:
+                    progress(task, len(maps), len(chosen))
         all_scores = np.concatenate(scores) if scores else np.zeros(0, np.float32)
         return Prediction(scores=all_scores, maps=maps)
 
@@ -494,7 +625,24 @@ class Detector(ABC):
         embed: Callable[[list[torch.Tensor]], torch.Tensor],
         progress: ProgressCallback | None = None,
     ) -> Iterator[torch.Tensor]:
-        """Yield ``embed(backbone(batch))`` for each batch of images, without gradients."""
+        """Yield ``embed(backbone(batch))`` for each batch of images, without gradients.
+
+        Inside :meth:`fit_features` the backbone outputs come from the stored features
+        instead (``images`` is then only a stand-in of the right length).
+        """
+        source: tuple[FeatureSet, list[int]] | None = getattr(self, "_feature_source", None)
+        if source is not None:
+            features, chosen = source
+            if progress is not None:
+                progress(description, 0, len(chosen))
+            done = 0
+            for rows in _index_batches(chosen, batch_size):
+                with torch.inference_mode():
+                    yield embed(features.batch(rows))
+                done += len(rows)
+                if progress is not None:
+                    progress(description, done, len(chosen))
+            return
         backbone = self._backbone()
         for batch in iter_batches(images, batch_size, description, progress):
             with torch.inference_mode():

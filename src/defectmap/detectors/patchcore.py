@@ -270,6 +270,9 @@ class PatchCore(Detector):
         self._check_params()
         if len(images) == 0:
             raise ValueError("fit needs at least one image")
+        if self.augment_rotations and getattr(self, "_feature_source", None) is not None:
+            raise ValueError("augment_rotations needs the images: it cannot fit from shared "
+                             "features (fit_features)")
         rng = np.random.default_rng(self.random_state)
         views = _RotatedViews(images) if self.augment_rotations else images
         sampler: StreamingCoreset | None = None

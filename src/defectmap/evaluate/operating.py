@@ -1,12 +1,16 @@
 """Test-set metrics of operating points: the calibrated thresholds, and the oracle beside them.
 
-The calibrated thresholds come from good validation images only (:mod:`defectmap.calibrate`);
-this module measures them on a labelled test set, and, for comparison, the F1-maximising
-"oracle" thresholds chosen on those very test labels (never usable in production).
+The calibrated thresholds come from good images only (:mod:`defectmap.calibrate`); this
+module measures them on a labelled test set, and, for comparison, the F1-maximising "oracle"
+thresholds chosen on those very test labels (never usable in production).
+:func:`alpha_operating_points` shows the trade-off a person chooses from: the threshold the
+good images give at each alpha of :data:`~defectmap.constants.OPERATING_ALPHAS`, and the
+false-alarm and miss rates it has on the test set.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,10 +18,11 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from defectmap import metrics
-from defectmap.calibrate import Calibration, CalibrationError
+from defectmap.calibrate import Calibration, CalibrationError, CalibrationWarning
 from defectmap.calibrate.conformal import as_map, as_scores
+from defectmap.constants import OPERATING_ALPHAS
 
-__all__ = ["operating_point_metrics"]
+__all__ = ["alpha_operating_points", "operating_point_metrics"]
 
 
 def _rate(numerator: int, denominator: int) -> float | None:
@@ -100,6 +105,7 @@ def operating_point_metrics(
         Image level: ``false_alarm_rate`` (good images flagged; None without good images),
         ``miss_rate``, ``precision`` (0.0 when nothing is flagged), ``recall``, ``f1``, the
         counts ``tp, fp, tn, fn``; ``image_threshold``, ``alpha``, ``guarantee_holds``,
+        ``method``, ``decision_rule``, ``false_alarm_bound``,
         ``pixel_threshold``, ``n_images``, ``n_good``, ``n_defective``. Pixel level (None
         without maps or masks; the first three None without any defect pixel):
         ``region_detection_rate`` (ground-truth 8-connected regions with >= 30 % of their
@@ -116,6 +122,9 @@ def operating_point_metrics(
     if y.shape != s.shape or not np.isin(y, (0, 1)).all():
         raise CalibrationError(f"labels must be 0/1 with the shape of scores {s.shape}")
     result: dict[str, Any] = {
+        "method": calibration.method,
+        "decision_rule": calibration.decision_rule,
+        "false_alarm_bound": calibration.false_alarm_bound,
         "n_images": int(s.size),
         "n_good": int(np.sum(y == 0)),
         "n_defective": int(np.sum(y == 1)),
@@ -157,3 +166,49 @@ def operating_point_metrics(
             oracle["pixel_f1"] = float(pixel_f1)
     result["oracle"] = oracle
     return result
+
+
+def alpha_operating_points(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    calibration: Calibration,
+    alphas: Sequence[float] = OPERATING_ALPHAS,
+) -> list[dict[str, Any]]:
+    """The operating point of each alpha: its threshold from good images, its test-set rates.
+
+    The thresholds come from the calibration's stored scores only (:meth:`Calibration.at`);
+    the test labels only measure them.
+
+    Parameters
+    ----------
+    scores : test image scores, shape (N,).
+    labels : 0 = good, 1 = defective, shape (N,).
+    calibration : the model's calibration (its own alpha is added when not in ``alphas``).
+    alphas : the target false-alarm rates to show.
+
+    Returns
+    -------
+    list of dict, by increasing alpha
+        ``alpha``, ``chosen`` (the model's own alpha), ``threshold``, ``decision_rule``,
+        ``guarantee_holds``, ``false_alarm_bound``, then ``false_alarm_rate``, ``miss_rate``,
+        ``precision``, ``recall``, ``f1``, ``tp``, ``fp``, ``tn``, ``fn`` on the test set.
+    """
+    s = as_scores(scores, "test scores")
+    y = np.asarray(labels).astype(np.int64)
+    if y.shape != s.shape or not np.isin(y, (0, 1)).all():
+        raise CalibrationError(f"labels must be 0/1 with the shape of scores {s.shape}")
+    points = []
+    for alpha in sorted({float(a) for a in alphas} | {calibration.alpha}):
+        with warnings.catch_warnings():  # the rule says it: "largest_score"
+            warnings.simplefilter("ignore", CalibrationWarning)
+            at = calibration.at(alpha=alpha)
+        points.append({
+            "alpha": alpha,
+            "chosen": alpha == calibration.alpha,
+            "threshold": at.image_threshold,
+            "decision_rule": at.decision_rule,
+            "guarantee_holds": at.guarantee_holds,
+            "false_alarm_bound": at.false_alarm_bound,
+            **_confusion(at.decide(s), y),
+        })
+    return points

@@ -75,10 +75,19 @@ def _model_summary(model: InspectionModel) -> dict[str, Any]:
         "backbone": params.get("backbone"),
         "input size": params.get("input_size"),
         "fit images": info.get("n_fit"),
-        "validation images": info.get("n_val"),
+        "calibration": _calibration_words(model),
         "model": (model.model_hash or "")[:12] or None,
     }
     return {k: v for k, v in facts.items() if v is not None}
+
+
+def _calibration_words(model: InspectionModel) -> str | None:
+    cal = model.calibration
+    if cal is None:
+        return None
+    if cal.method == "cross_fit":
+        return f"cross-fitted, {cal.n_folds} folds, {cal.n_val} out-of-fold scores"
+    return f"split, {cal.n_val} validation images"
 
 
 def _protocol_results(
@@ -169,7 +178,9 @@ def evaluate_model(
         ``pixel_f1_max``, ``n_images``, ``n_defective``, ``per_defect`` (same keys per
         defect type, on good + that defect's images), ``timing`` (``fit_s`` when the model
         knows it, ``predict_s``, ``ms_per_image``), ``calibrated`` and ``oracle``
-        operating points (None without calibration), ``model_hash``, ``dataset_root`` and
+        operating points and ``operating_points`` (one per alpha, see
+        :func:`~defectmap.evaluate.operating.alpha_operating_points`; None without
+        calibration), ``model_hash``, ``dataset_root`` and
         ``images`` (per test image: ``image`` path relative to the category folder,
         ``defect_type``, ``label``, raw ``score``).
         Pixel metrics are None when the dataset has no masks. MVTec LOCO AD adds ``loco``
@@ -177,7 +188,7 @@ def evaluate_model(
         ``segmentation`` (threshold, its rule, precision, recall) and ``submission``
         (images written per private split).
     """
-    from defectmap.evaluate.operating import operating_point_metrics
+    from defectmap.evaluate.operating import alpha_operating_points, operating_point_metrics
     from defectmap.metrics import category_metrics_and_pro_curve, roc_curve
     from defectmap.report import ReportData, write_report
 
@@ -208,11 +219,13 @@ def evaluate_model(
         calibration = model.calibration
         calibrated: dict[str, Any] | None = None
         oracle: dict[str, Any] | None = None
+        by_alpha: list[dict[str, Any]] | None = None
         pred_masks: list[np.ndarray] | None = None
         if calibration is not None:
             points = operating_point_metrics(scores, labels, maps, masks, calibration)
             calibrated = {k: v for k, v in points.items() if k != "oracle"}
             oracle = points["oracle"]
+            by_alpha = alpha_operating_points(scores, labels, calibration)
             if calibration.pixel_threshold is not None:
                 pred_masks = [np.asarray(calibration.predicted_mask(m), dtype=bool)
                               for m in maps]
@@ -235,6 +248,7 @@ def evaluate_model(
             },
             "calibrated": calibrated,
             "oracle": oracle,
+            "operating_points": by_alpha,
             "model_hash": model.model_hash,
             "dataset_root": str(Path(category_data.root).absolute()),
             "images": [

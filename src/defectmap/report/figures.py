@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -86,6 +87,56 @@ def pro_figure(fpr: np.ndarray, pro: np.ndarray, fpr_limit: float, aupro: float 
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="pixel false positive rate",
            ylabel="per-region overlap", title="PRO curve")
     ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def tradeoff_figure(
+    fpr: np.ndarray,
+    tpr: np.ndarray,
+    points: Sequence[dict[str, Any]],
+    oracle: dict[str, Any] | None = None,
+) -> bytes:
+    """Miss rate vs false-alarm rate: the test-set curve, each alpha's point, the oracle.
+
+    Parameters
+    ----------
+    fpr, tpr : np.ndarray, shape (K,)
+        The image ROC curve (``metrics.roc_curve``); drawn as ``(fpr, 1 - tpr)``.
+    points : sequence of dict
+        ``alpha_operating_points`` rows (``alpha``, ``false_alarm_rate``, ``miss_rate``,
+        ``chosen``, ``decision_rule``), marked and labelled with their alpha.
+    oracle : dict or None
+        The oracle point (``false_alarm_rate``, ``miss_rate``), marked apart.
+    """
+    fig = Figure(figsize=(5.5, 4.2))
+    ax = fig.add_subplot()
+    fpr = np.asarray(fpr, dtype=np.float64)
+    ax.plot(fpr, 1.0 - np.asarray(tpr, dtype=np.float64), color="#7f7f7f", lw=1.5,
+            drawstyle="steps-post", label="all thresholds (test set)")
+    shown = [p for p in points if p.get("false_alarm_rate") is not None
+             and p.get("miss_rate") is not None]
+    x_max = 0.2
+    for p in shown:
+        x, y = float(p["false_alarm_rate"]), float(p["miss_rate"])
+        x_max = max(x_max, 1.15 * x)
+        colour = "#1f77b4" if p.get("decision_rule") == "p_value" else "#ff7f0e"
+        ax.plot([x], [y], ls="none", marker="o", ms=7 if p.get("chosen") else 5, color=colour)
+        label = f"{p['alpha']:g}" + (" (model)" if p.get("chosen") else "")
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    ax.plot([], [], "o", color="#1f77b4", label="alpha: p <= alpha decides")
+    ax.plot([], [], "o", color="#ff7f0e", label="alpha: too few scores, largest decides")
+    if oracle and oracle.get("false_alarm_rate") is not None:
+        x, y = float(oracle["false_alarm_rate"]), float(oracle["miss_rate"])
+        x_max = max(x_max, 1.15 * x)
+        ax.plot([x], [y], marker="*", ms=11, color="#d62728", ls="none",
+                label="oracle (uses test labels)")
+    ax.set(xlim=(-0.01, min(1.0, x_max)), ylim=(-0.02, 1.02),
+           xlabel="false-alarm rate (good test images flagged)",
+           ylabel="miss rate (defective test images passed)",
+           title="Operating points: thresholds from good images")
+    ax.legend(loc="upper right", fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _png(fig)

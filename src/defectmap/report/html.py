@@ -7,6 +7,7 @@
     figures/roc.png         image-level ROC
     figures/pro.png         PRO curve with the FPR integration limit marked
     figures/scores.png      score histograms, good vs defective
+    figures/tradeoff.png    miss rate vs false-alarm rate, each alpha's threshold marked
     figures/gallery_*.png   input | heatmap | ground truth | predicted region, per image
                             (no ground-truth panel for a dataset without masks)
 
@@ -148,6 +149,16 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], css: str = "") 
     return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def _table_trusted(header: Sequence[str], rows: Sequence[Sequence[Any]], css: str = "") -> str:
+    """:func:`_table` whose string cells are trusted HTML (entities we wrote), not escaped."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{c if isinstance(c, str) else _fmt(c)}</td>" for c in row)
+        + "</tr>" for row in rows
+    )
+    return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
 def _img(png: bytes, alt: str) -> str:
     data = base64.b64encode(png).decode("ascii")
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
@@ -205,7 +216,7 @@ def render_html(data: ReportData, pngs: dict[str, bytes], gallery: list[tuple[st
         + "</tbody></table>",
         '<div class="figs">',
     ]
-    for name in ("roc", "pro", "scores"):
+    for name in ("roc", "pro", "scores", "tradeoff"):
         if name in pngs:
             parts.append(_img(pngs[name], f"{name} figure"))
     parts.append("</div>")
@@ -238,9 +249,31 @@ def render_html(data: ReportData, pngs: dict[str, bytes], gallery: list[tuple[st
                             "operating"))
         if cal.get("guarantee_holds") is False:
             parts.append(
-                f'<p class="note">The calibrated false-alarm guarantee (alpha = '
-                f'{_fmt(cal.get("alpha"))}) does not hold: too few validation images.</p>'
+                f'<p class="note">At alpha = {_fmt(cal.get("alpha"))} there are too few '
+                "calibration scores for p &le; alpha: the largest of them decides.</p>"
             )
+    by_alpha = m.get("operating_points") or []
+    if by_alpha:
+        parts.append("<h2>Choosing alpha</h2>")
+        parts.append(
+            '<p class="note">Each row: the threshold that the good training images give at '
+            "that alpha (no test label used), and the rates it has on this test set. "
+            "<b>rule</b>: <i>p &le; alpha</i> when enough calibration scores exist, else "
+            "<i>largest score</i>. <b>bound</b>: the proven false-alarm bound of the "
+            "calibration method. Move the model's operating point with "
+            "<code>defectmap recalibrate MODEL --alpha A</code>.</p>"
+        )
+        rows = [[("&#9654; " if p.get("chosen") else "") + f"{p['alpha']:g}",
+                 "p &le; alpha" if p.get("decision_rule") == "p_value" else "largest score",
+                 p.get("threshold"), p.get("false_alarm_bound"), p.get("false_alarm_rate"),
+                 p.get("miss_rate"), f"{p.get('fp')} / {p.get('fn')}"] for p in by_alpha]
+        orc = oracle or {}
+        rows.append(["oracle (uses test labels)", "F1-max on the test set",
+                     orc.get("threshold"), None, orc.get("false_alarm_rate"),
+                     orc.get("miss_rate"), f"{orc.get('fp')} / {orc.get('fn')}"])
+        parts.append(_table_trusted(["alpha", "rule", "threshold", "bound",
+                                     "false-alarm rate", "miss rate", "FP / FN"], rows,
+                                    "alphas"))
 
     if gallery:
         parts.append("<h2>Gallery: hardest cases first</h2>")
@@ -293,6 +326,9 @@ def write_report(data: ReportData, out_dir: str | Path, max_gallery: int = 12,
         pngs["pro"] = figures.pro_figure(data.pro[0], data.pro[1],
                                          float(m.get("fpr_limit", 0.3)), m.get("aupro"))
     pngs["scores"] = figures.histogram_figure(data.scores, data.labels, data.image_threshold)
+    if data.roc is not None and m.get("operating_points"):
+        pngs["tradeoff"] = figures.tradeoff_figure(data.roc[0], data.roc[1],
+                                                   m["operating_points"], m.get("oracle"))
     for name, png in pngs.items():
         write_bytes(fig_dir / f"{name}.png", png)
 

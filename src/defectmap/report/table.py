@@ -1,5 +1,8 @@
 """The paper-style benchmark table: one row per category, a mean row, one column block per
 detector (image AUROC, pixel AUROC, AU-PRO), as Markdown, CSV, JSON and a rich table.
+
+A column is a detector, or a detector with a parameter set and seed (a benchmark cell's
+``column``); a cell that failed shows ``failed`` in its block.
 """
 
 from __future__ import annotations
@@ -25,21 +28,28 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 
-def build_table(rows: Sequence[Mapping[str, Any]], detectors: Sequence[str]) -> dict[str, Any]:
-    """Arrange per-pair metrics into the table.
+def build_table(
+    rows: Sequence[Mapping[str, Any]],
+    detectors: Sequence[str],
+    failed: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """Arrange per-cell metrics into the table.
 
     Parameters
     ----------
     rows : sequence of dict
-        Metrics of each (category, detector) pair, with ``category`` and ``detector`` keys.
+        Metrics of each cell, with ``category`` and ``column`` (or ``detector``) keys.
     detectors : sequence of str
         Column blocks, in order.
+    failed : sequence of dict
+        Cells that failed, with ``category`` and ``column``: their block says ``failed``.
 
     Returns
     -------
     dict
         ``{"detectors": [...], "columns": [...], "rows": [{"category": c, d: {key: value}}],
-        "mean": {d: {key: mean over the categories that have a value, or None}}}``.
+        "mean": {d: {key: mean over the categories that have a value, or None}}}``; a failed
+        cell's block also has ``"status": "failed"``.
 
     Examples
     --------
@@ -48,22 +58,27 @@ def build_table(rows: Sequence[Mapping[str, Any]], detectors: Sequence[str]) -> 
     >>> t["mean"]["p"]["image_auroc"]
     0.75
     """
-    categories = list(dict.fromkeys(str(r["category"]) for r in rows))
-    lookup = {(str(r["category"]), str(r["detector"])): r for r in rows}
+    categories = list(dict.fromkeys(str(r["category"]) for r in [*rows, *failed]))
+    lookup = {(str(r["category"]), str(r.get("column", r["detector"]))): r for r in rows}
+    broken = {(str(f["category"]), str(f["column"])) for f in failed}
     table_rows: list[dict[str, Any]] = []
     for category in categories:
         row: dict[str, Any] = {"category": category}
         for det in detectors:
             found = lookup.get((category, det), {})
             row[det] = {key: found.get(key) for key, _ in COLUMNS}
+            if (category, det) in broken:
+                row[det]["status"] = "failed"
         table_rows.append(row)
     mean: dict[str, Any] = {}
     for det in detectors:
         mean[det] = {}
+        # A column with a failed cell has no mean: it would average other categories.
+        whole = not any((c, det) in broken for c in categories)
         for key, _ in COLUMNS:
             values = [r[det][key] for r in table_rows
                       if r[det][key] is not None and math.isfinite(r[det][key])]
-            mean[det][key] = float(np.mean(values)) if values else None
+            mean[det][key] = float(np.mean(values)) if values and whole else None
     return {"detectors": list(detectors), "columns": [k for k, _ in COLUMNS],
             "rows": table_rows, "mean": mean}
 
@@ -78,7 +93,8 @@ def _flat_rows(table: Mapping[str, Any]) -> list[list[str]]:
     for row in [*table["rows"], {"category": "mean", **table["mean"]}]:
         cells = [str(row["category"])]
         for det in table["detectors"]:
-            cells += [_cell(row[det][key]) for key, _ in COLUMNS]
+            failed = row[det].get("status") == "failed"
+            cells += ["failed" if failed else _cell(row[det][key]) for key, _ in COLUMNS]
         out.append(cells)
     return out
 
@@ -133,12 +149,14 @@ def write_tables(result: Mapping[str, Any], out_dir: str | Path) -> dict[str, An
     """Write ``table.md``, ``table.csv`` and ``table.json`` into ``out_dir``; return the table.
 
     ``result`` is what :func:`defectmap.evaluate.run_benchmark` returns (``rows``,
-    ``missing``, ``detectors``); ``table.json`` also keeps every pair's full metrics.
+    ``missing``, ``detectors`` and ``failed``); ``table.json`` also keeps every cell's full
+    metrics (``pairs``) and every failure with its error (``failed``).
     """
     out = Path(out_dir)
-    table = build_table(result["rows"], result["detectors"])
+    failed = result.get("failed", [])
+    table = build_table(result["rows"], result["detectors"], failed)
     write_text(out / "table.md", to_markdown(table))
     write_text(out / "table.csv", to_csv(table))
     write_json(out / "table.json", {**table, "missing": result["missing"],
-                                    "pairs": result["rows"]})
+                                    "failed": failed, "pairs": result["rows"]})
     return table

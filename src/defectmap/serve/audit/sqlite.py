@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ class SQLiteAuditLog(AuditStore):
             self.path, check_same_thread=False, isolation_level=None, timeout=30.0
         )
         try:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = _enter_wal(conn)
             if str(mode).lower() != "wal":
                 raise sqlite3.OperationalError(f"WAL mode refused (journal_mode={mode})")
             conn.execute("PRAGMA synchronous=FULL")
@@ -83,6 +84,23 @@ class SQLiteAuditLog(AuditStore):
         row = conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [name]).fetchone()
         return row is not None
+
+
+def _enter_wal(conn: sqlite3.Connection, wait_s: float = 30.0) -> str:
+    """Switch ``conn`` to WAL mode and return the mode SQLite reports.
+
+    When several processes open a fresh file at the same moment, the switch can fail with
+    "database is locked" at once, without waiting on the busy timeout (the change needs the
+    file to itself). It is retried for up to ``wait_s`` seconds, like a locked write.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _writable(path: Path) -> bool:
