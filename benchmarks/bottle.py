@@ -2,10 +2,10 @@
 
 Prints image AUROC, pixel AUROC and AU-PRO@0.3 (exact metrics, native 900x900 maps), fit
 seconds, milliseconds per test image at batch 1 and batched (medians of several runs),
-peak RSS and model size on disk; then two micro-benchmarks with ratios against a baseline
-in the same run: nearest-neighbour search (chunked torch GEMM vs faiss ``IndexFlatL2``) and
-greedy coreset cost per selected centre (projection 64 vs 128, and the extrapolated
-cost of the paper's 10 % ratio).
+peak RSS and model size on disk; then a micro-benchmark with ratios against a baseline in
+the same run: nearest-neighbour search on the fitted bank (chunked torch GEMM vs faiss
+``IndexFlatL2``). The coreset variants and old-vs-new defaults on every category are in
+``benchmarks/quality.py``.
 
 Each detector runs in its own child process so that its peak RSS is its own.
 
@@ -104,14 +104,10 @@ def run_one(name: str, root: Path, repeats: int, batch_size: int) -> dict:
 
 
 def micro_benchmarks(detector, image: np.ndarray, repeats: int) -> dict:
-    """NN search torch vs faiss on the fitted bank; coreset cost per centre."""
+    """NN search torch vs faiss on the fitted bank, for 1 and 8 images of queries."""
     import torch
 
-    from defectmap.detectors.neighbors import (
-        greedy_coreset,
-        nearest_neighbors,
-        nearest_neighbors_faiss,
-    )
+    from defectmap.detectors.neighbors import nearest_neighbors, nearest_neighbors_faiss
     from defectmap.detectors.patchcore import aggregate_patches
     from defectmap.features.preprocess import preprocess
 
@@ -123,45 +119,47 @@ def micro_benchmarks(detector, image: np.ndarray, repeats: int) -> dict:
         queries = emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1]).contiguous()
         bank = detector.memory_bank_
         per_image = queries.shape[0] // 8
+        out["bank"] = list(bank.shape)
         for label, q in (("batch1", queries[:per_image]), ("batch8", queries)):
             t_torch = _median_ms(lambda q=q: nearest_neighbors(q, bank, 1), repeats, 1)
             t_faiss = _median_ms(lambda q=q: nearest_neighbors_faiss(q, bank, 1), repeats, 1)
             out[f"nn_{label}_torch_ms"] = t_torch
             out[f"nn_{label}_faiss_ms"] = t_faiss
             out[f"nn_{label}_faiss_over_torch"] = t_faiss / t_torch
-        # Coreset: time 200 greedy steps on a bottle-sized patch set (209 images x 40 x 40).
-        n = 209 * per_image
-        rng = np.random.default_rng(0)
-        idx = torch.from_numpy(rng.integers(0, bank.shape[0], n))
-        patches = bank[idx] + 0.1 * torch.randn(n, bank.shape[1])
-        steps = 200
-        for dim in (64, 128):
-            ms = _median_ms(
-                lambda dim=dim: greedy_coreset(patches, steps, np.random.default_rng(0), dim),
-                max(1, repeats // 2), steps,
-            )
-            out[f"coreset_ms_per_centre_proj{dim}"] = ms
-            out[f"coreset_s_at_1pct_proj{dim}"] = ms * 0.01 * n / 1000
-            out[f"coreset_s_at_10pct_proj{dim}"] = ms * 0.10 * n / 1000
-        out["coreset_n_patches"] = n
     return out
 
 
-def memory_check(n_images: int, size: int) -> dict:
-    """Fit the default PatchCore on ``n_images`` random images of ``size`` px; peak RSS."""
+def memory_check(n_images: int, size: int, coreset: str | None) -> dict:
+    """Fit the default PatchCore on ``n_images`` random ``size`` px images; peak RSS.
+
+    The images are made one at a time as the fit reads them (a lazy sequence), so the peak is
+    the detector's, not the benchmark's.
+    """
+    from collections.abc import Sequence
+
     from defectmap.detectors import create_detector
 
     rng = np.random.default_rng(0)
     base = (rng.random((size, size, 3)) * 255).astype(np.uint8)
-    images = [np.roll(base, int(s), axis=1) for s in rng.integers(0, size, n_images)]
-    detector = create_detector("patchcore", input_size=size)
+    shifts = rng.integers(0, size, n_images)
+
+    class Images(Sequence):
+        def __len__(self) -> int:
+            return n_images
+
+        def __getitem__(self, i):
+            return np.roll(base, int(shifts[i]), axis=1)
+
+    detector = create_detector("patchcore", **({} if coreset is None else {"coreset": coreset}))
     start = time.perf_counter()
-    detector.fit(images)
+    detector.fit(Images())
+    grid = detector.input_size // 8
     return {
         "n_images": n_images,
-        "input_size": size,
+        "image_size": size,
+        "params": detector.get_params(),
         "fit_s": time.perf_counter() - start,
-        "n_patches": n_images * (size // 8) ** 2,
+        "n_patches": n_images * grid * grid,
         "memory_bank": list(detector.memory_bank_.shape),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
@@ -177,14 +175,18 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
         "--memory-check", action="store_true",
-        help="instead: fit PatchCore on 400 random 320 px images and print peak RSS",
+        help="instead: fit the default PatchCore on 400 random images and print peak RSS",
     )
+    parser.add_argument("--image-size", type=int, default=900,
+                        help="side of the random images of --memory-check")
+    parser.add_argument("--coreset", default=None,
+                        help="coreset of --memory-check (default: the detector's default)")
     args = parser.parse_args()
     if args.memory_check:
         import torch
 
         torch.set_num_threads(args.threads)
-        print(json.dumps(memory_check(400, 320)))
+        print(json.dumps(memory_check(400, args.image_size, args.coreset)))
         return
 
     if args.child:

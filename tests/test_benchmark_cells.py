@@ -40,10 +40,12 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_grid_is_the_product_of_repeated_keys() -> None:
     sets = grid_from_items(["coreset_ratio=0.01", "input_size=96", "coreset_ratio=0.1",
-                            "reweight=false", "backbone=resnet18"])
+                            "augment_rotations=false", "backbone=resnet18"])
     assert sets == [
-        {"coreset_ratio": 0.01, "input_size": 96, "reweight": False, "backbone": "resnet18"},
-        {"coreset_ratio": 0.1, "input_size": 96, "reweight": False, "backbone": "resnet18"},
+        {"coreset_ratio": 0.01, "input_size": 96, "augment_rotations": False,
+         "backbone": "resnet18"},
+        {"coreset_ratio": 0.1, "input_size": 96, "augment_rotations": False,
+         "backbone": "resnet18"},
     ]
     with pytest.raises(DefectmapError, match="expected KEY=VALUE"):
         grid_from_items(["coreset_ratio"])

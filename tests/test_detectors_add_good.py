@@ -11,7 +11,7 @@ import torch
 from defectmap.data.io import read_image
 from defectmap.data.mvtec import load_category
 from defectmap.detectors import create_detector, load_detector
-from defectmap.detectors.neighbors import greedy_cover
+from defectmap.detectors.coreset import greedy_cover
 
 SIZE = 128
 

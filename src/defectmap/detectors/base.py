@@ -13,9 +13,17 @@ backbone again. ``fit`` gets its features from :meth:`Detector._extract` only, s
 ``fit_features`` works for every subclass by pointing that one step at the stored features.
 
 On disk a detector is a directory with ``model.json`` (format version, detector name, params,
-package version, backbone, non-array state) and ``weights.safetensors`` (the learned arrays).
-Loading never unpickles. Writes go to a temporary file that is then ``os.replace``-d, and
-``save`` leaves any other file in the directory (e.g. ``calibration.json``) alone.
+package version, backbone and the tag and SHA-256 of its weights, non-array state) and
+``weights.safetensors`` (the learned arrays). Loading never unpickles, and checks everything
+before use: the params (types and ranges), the arrays against the params and the backbone
+(shapes, dtypes, finite values), and the backbone weights against the pinned SHA-256. Any
+mismatch is a :class:`~defectmap.errors.ModelFileError` naming the file and the field.
+Writes go to a temporary file that is then ``os.replace``-d, and ``save`` leaves any other
+file in the directory (e.g. ``calibration.json``) alone.
+
+Format history: 1 (defectmap 0.1) had no weights record; PatchCore params of format 1 are
+translated on load so that an old model scores exactly as before. 2: weights record,
+PatchCore's new params.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 import numpy as np
 import torch
@@ -37,19 +45,82 @@ import torch.nn.functional as F
 from defectmap import __version__
 from defectmap.data.io import iter_batches
 from defectmap.errors import DefectmapError, ModelFileError, NotFittedError
-from defectmap.features.backbones import Backbone, load_backbone
+from defectmap.features.backbones import (
+    OFFLINE_BACKBONES,
+    Backbone,
+    backbone_weights,
+    load_backbone,
+)
 from defectmap.features.preprocess import ImageInput, preprocess
 from defectmap.files import to_jsonable, write_bytes, write_text
 from defectmap.prediction import Prediction
 from defectmap.progress import ProgressCallback
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Formats this version reads (older ones are upgraded by ``Detector._upgrade_params``).
+READABLE_FORMATS = (1, 2)
 MODEL_JSON = "model.json"
 WEIGHTS_FILE = "weights.safetensors"
 
 
 class UnknownDetectorError(DefectmapError, ValueError):
     """A detector name that is not registered."""
+
+
+class ParamError(ValueError):
+    """A constructor parameter or a saved array with an invalid value; ``field`` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class BackendMismatchWarning(UserWarning):
+    """A model is used with another nearest-neighbour backend than the one it was fitted with."""
+
+
+def check_number(
+    value: Any, field: str, kind: type = float, *, low: float | None = None,
+    high: float | None = None, low_open: bool = False, optional: bool = False,
+) -> None:
+    """Raise :class:`ParamError` unless ``value`` is a number of ``kind`` in the range.
+
+    ``kind=int`` accepts Python and NumPy integers (not bools); ``kind=float`` also accepts
+    integers. ``low_open``: the lower bound is excluded. ``optional``: None is allowed.
+    """
+    if value is None and optional:
+        return
+    ok_types: tuple[type, ...] = (int, np.integer) if kind is int else (int, float, np.number)
+    number = float(cast(float, value)) if isinstance(value, ok_types) else float("nan")
+    if isinstance(value, bool) or not np.isfinite(number):
+        expected = "an integer" if kind is int else "a number"
+        raise ParamError(field, f"expected {expected}{' or null' if optional else ''}, "
+                                f"got {value!r}")
+    if low is not None and (number < low or (low_open and number == low)):
+        raise ParamError(field, f"must be {'>' if low_open else '>='} {low}, got {value!r}")
+    if high is not None and number > high:
+        raise ParamError(field, f"must be <= {high}, got {value!r}")
+
+
+def check_choice(value: Any, field: str, choices: Sequence[Any]) -> None:
+    """Raise :class:`ParamError` unless ``value`` is one of ``choices``."""
+    if isinstance(value, bool) or value not in choices:
+        raise ParamError(field, f"must be one of {list(choices)}, got {value!r}")
+
+
+def check_array(array: np.ndarray, field: str, shape: Sequence[int | None],
+                dtype: Any = np.float32) -> None:
+    """Raise :class:`ParamError` unless the array has this shape (None: any size), dtype and
+    only finite values (for float arrays)."""
+    if array.ndim != len(shape) or any(
+        want is not None and got != want for got, want in zip(array.shape, shape, strict=True)
+    ):
+        wanted = "(" + ", ".join("*" if w is None else str(w) for w in shape) + ")"
+        raise ParamError(field, f"has shape {tuple(array.shape)}, expected {wanted}")
+    if array.dtype != np.dtype(dtype):
+        raise ParamError(field, f"has dtype {array.dtype}, expected {np.dtype(dtype)}")
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise ParamError(field, "holds NaN or infinite values")
 
 
 D = TypeVar("D", bound="Detector")
@@ -97,10 +168,14 @@ def read_model_json(directory: str | os.PathLike) -> dict[str, Any]:
         raise ModelFileError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(meta, dict) or not {"format", "detector", "params"} <= set(meta):
         raise ModelFileError(f"{path}: lacks the keys 'format', 'detector' and 'params'")
-    if meta["format"] != FORMAT_VERSION:
+    if isinstance(meta["format"], bool) or meta["format"] not in READABLE_FORMATS:
         raise ModelFileError(
-            f"{path}: model format {meta['format']!r}, this version reads {FORMAT_VERSION}"
+            f"{path}: model format {meta['format']!r}; this defectmap {__version__} reads "
+            f"formats {', '.join(map(str, READABLE_FORMATS))}: refit the model with this "
+            f"version"
         )
+    if not isinstance(meta["params"], dict):
+        raise ModelFileError(f"{path}: 'params' must be a JSON object")
     return meta
 
 
@@ -231,6 +306,30 @@ def maps_to_native(
     return out
 
 
+def _checked_weights(json_path: Path, backbone: str, record: Any) -> dict[str, str] | None:
+    """The saved backbone weights record, checked against the weights installed here.
+
+    A model saved before records existed (format 1) has none: with an offline backbone it was
+    built on the weights whose SHA-256 that version enforced too (the same constants), so it
+    gets their record; with a timm backbone its weights are unknown (None). Never downloads.
+    """
+    if record is None:
+        return backbone_weights(backbone) if backbone in OFFLINE_BACKBONES else None
+    if not isinstance(record, dict) or not {"tag", "sha256"} <= set(record):
+        raise ModelFileError(f"{json_path}: backbone_weights must hold 'tag' and 'sha256'")
+    try:
+        local = backbone_weights(backbone)
+    except DefectmapError as exc:
+        raise ModelFileError(f"{json_path}: backbone_weights: {exc}") from exc
+    if local["sha256"] != record["sha256"]:
+        raise ModelFileError(
+            f"{json_path}: backbone_weights: the model was fitted on {record['tag']} "
+            f"(SHA-256 {record['sha256']}), but this installation has {local['tag']} "
+            f"(SHA-256 {local['sha256']}); install the weights it was fitted on or refit"
+        )
+    return {"tag": str(record["tag"]), "sha256": str(record["sha256"])}
+
+
 class Detector(ABC):
     """Base of every anomaly detector: the common verbs and the file format.
 
@@ -245,6 +344,8 @@ class Detector(ABC):
 
     backbone: str
     input_size: int
+    #: Tag and SHA-256 of the backbone weights the model was fitted on (None: format 1).
+    backbone_weights_: dict[str, str] | None = None
     #: Strides of the backbone stages this detector uses.
     _strides: ClassVar[tuple[int, ...]] = (8, 16)
     #: True: the image score is the maximum of the smoothed native-size map.
@@ -308,7 +409,7 @@ class Detector(ABC):
         """Scores (B,) float32 and native-size maps of one batch of backbone outputs."""
         batch_scores, grid_maps = self._predict_batch(features)
         batch_maps = maps_to_native(grid_maps, sizes, self.input_size, self._sigma())
-        if self._score_is_map_max:
+        if self._map_max_score():
             batch_scores = torch.tensor([float(m.max()) for m in batch_maps])
         return batch_scores.numpy().astype(np.float32), batch_maps
 
@@ -410,6 +511,7 @@ class Detector(ABC):
             "params": self.get_params(),
             "defectmap_version": __version__,
             "backbone": self.backbone,
+            "backbone_weights": self.backbone_weights_,
             "state": extra,
             "arrays": sorted(arrays),
         }
@@ -433,14 +535,22 @@ class Detector(ABC):
 
         folder = Path(directory)
         meta = read_model_json(folder)
+        json_path = folder / MODEL_JSON
         if meta["detector"] != cls.name:
             raise ModelFileError(
-                f"{folder / MODEL_JSON}: holds a {meta['detector']!r} model, not {cls.name!r}"
+                f"{json_path}: holds a {meta['detector']!r} model, not {cls.name!r}"
             )
+        params = cls._upgrade_params(int(meta["format"]), dict(meta["params"]))
         try:
-            detector = cls(**meta["params"])
+            detector = cls(**params)
         except TypeError as exc:
-            raise ModelFileError(f"{folder / MODEL_JSON}: invalid params ({exc})") from exc
+            raise ModelFileError(f"{json_path}: invalid params ({exc})") from exc
+        try:
+            detector._check_params()
+        except ParamError as exc:
+            raise ModelFileError(f"{json_path}: params.{exc}") from exc
+        detector.backbone_weights_ = _checked_weights(json_path, detector.backbone,
+                                                      meta.get("backbone_weights"))
         weights = folder / WEIGHTS_FILE
         if not weights.is_file():
             raise ModelFileError(f"{weights}: missing")
@@ -451,13 +561,31 @@ class Detector(ABC):
         missing = set(meta.get("arrays", [])) - set(arrays)
         if missing:
             raise ModelFileError(f"{weights}: lacks the arrays {sorted(missing)}")
+        extra = meta.get("state", {})
+        if not isinstance(extra, dict):
+            raise ModelFileError(f"{json_path}: 'state' must be a JSON object")
         try:
-            detector._set_state(arrays, meta.get("state", {}))
+            detector._set_state(arrays, extra)
+        except ParamError as exc:
+            where = json_path if exc.field.startswith("state.") else weights
+            raise ModelFileError(f"{where}: {exc}") from exc
         except (KeyError, ValueError, TypeError) as exc:
             raise ModelFileError(f"{folder}: inconsistent model files ({exc})") from exc
         return detector
 
     # -- for subclasses ---------------------------------------------------------------------
+    @classmethod
+    def _upgrade_params(cls, format_version: int, params: dict[str, Any]) -> dict[str, Any]:
+        """Params of a model saved in an older format, as this version's constructor takes
+        them (same behaviour). The base class changes nothing."""
+        return params
+
+    def _check_params(self) -> None:
+        """Raise :class:`ParamError` for an invalid parameter (types and ranges)."""
+        if not isinstance(self.backbone, str) or not self.backbone:
+            raise ParamError("backbone", f"expected a backbone name, got {self.backbone!r}")
+        check_number(self.input_size, "input_size", int, low=32)
+
     @abstractmethod
     def _predict_batch(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Image scores (B,) and feature-grid maps (B, h, w) from backbone features."""
@@ -474,7 +602,17 @@ class Detector(ABC):
         return float(getattr(self, "sigma", 4.0))
 
     def _backbone(self) -> Backbone:
-        return load_backbone(self.backbone, self._strides)
+        """The backbone; before ``fit`` completes it may download (timm) and is recorded in
+        ``backbone_weights_``, a fitted model only reads local weights."""
+        fitted = getattr(self, self._fitted_attr, None) is not None
+        backbone = load_backbone(self.backbone, self._strides, allow_download=not fitted)
+        if not fitted:
+            self.backbone_weights_ = backbone_weights(self.backbone)
+        return backbone
+
+    def _map_max_score(self) -> bool:
+        """True: the image score is the maximum of the smoothed native-size map."""
+        return self._score_is_map_max
 
     def _check_fitted(self) -> None:
         if getattr(self, self._fitted_attr, None) is None:

