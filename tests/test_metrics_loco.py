@@ -180,6 +180,25 @@ def test_official_mode_integrates_the_curve_at_its_thresholds(seed):
                                                               abs=0.02)
 
 
+def test_official_mode_reaches_fpr_one_on_float32_maps_with_large_scores():
+    """min - 1e-6 rounds back to min in float32 above about 8: the lowest threshold must
+    still lie below every score (the official code would fail its assertion at 1.0)."""
+    maps, types, masks, sats = loco_case(0, n_good=4, size=(12, 12))
+    shifted = [np.asarray(m, dtype=np.float32) + np.float32(40.0) for m in maps]
+    low = min(float(m.min()) for m in shifted)
+    assert np.float32(low) - 1e-6 == np.float32(low)  # the case the fix is for
+    data = S._prepare(shifted, types, masks, sats)
+    thresholds = S.official_thresholds(data, 0.001, np.random.default_rng(0))
+    assert thresholds[-1] < low
+    result = loco_metrics(shifted, types, masks, sats, mode="official", limits=(1.0,))
+    sub = subset((shifted, types, masks, sats), "structural_anomalies")
+    fpr, spro = (np.array(v) for v in zip(*[brute_values(*sub, t) for t in thresholds],
+                                          strict=True))
+    assert fpr[-1] == 1
+    assert result["auc_spro"]["structural_anomalies"]["1.0"] == pytest.approx(
+        brute_trapezoid(fpr, spro, 1.0), abs=1e-12)
+
+
 def test_official_subsample_is_seeded(monkeypatch):
     case = loco_case(6, size=(20, 20))
     full = loco_metrics(*case, mode="official", limits=(0.3,))

@@ -328,7 +328,13 @@ def _start_thresholds(data: _Prepared, rng: np.random.Generator) -> list[Any]:
     index = np.linspace(0, pooled.size - 1, num=_OFFICIAL_N_START, endpoint=True, dtype=int)
     inner = pooled[index[1:-1]].tolist()[::-1]
     # NumPy scalar + Python float stays in the scalar's dtype (NEP 50), as in the official run.
-    return [high + _OFFICIAL_EPSILON, *inner, low - _OFFICIAL_EPSILON]
+    bottom = low - _OFFICIAL_EPSILON
+    if bottom == low:
+        # float32 maps whose minimum is above about 8: the 1e-6 is lost, no threshold lies
+        # below every score, the curve stops short of FPR 1 and the official code fails its
+        # assertion at the limit 1.0. The next float below the minimum is what it intends.
+        bottom = np.nextafter(low, -np.inf)
+    return [high + _OFFICIAL_EPSILON, *inner, bottom]
 
 
 def _unique(queries: list[Any], values: list[np.ndarray]) -> tuple[list[Any], list[np.ndarray]]:
