@@ -34,9 +34,9 @@ def test_graph_neighbours_equal_the_chunked_torch_search() -> None:
     gen = torch.Generator().manual_seed(0)
     bank = torch.rand(1000, 16, generator=gen)
     queries = torch.rand(300, 16, generator=gen)
-    for chunk_rows in (1000, 300, 7):  # one chunk, several, many small ones
+    for chunk_rows in (1000, 300, 7, 3):  # one chunk, several, many small, fewer rows than k
         graph = GraphNeighbors(bank, chunk_rows=chunk_rows)
-        for k in (1, 5):
+        for k in (1, 3, 5):  # k > 1: the two-level TopK over blocks of 32 rows
             dist, idx = graph.search(queries, k)
             ref_dist, ref_idx = nearest_neighbors(queries, bank, k)
             assert torch.equal(idx, ref_idx)

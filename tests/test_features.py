@@ -15,6 +15,7 @@ from defectmap.features.backbones import (
     OFFLINE_BACKBONES,
     UnknownBackboneError,
     backbone_weights,
+    fold_batchnorm,
     list_offline_backbones,
     load_backbone,
     load_offline_state_dict,
@@ -72,6 +73,31 @@ def test_default_backbone_features_channels_and_strides() -> None:
     assert [tuple(f.shape) for f in feats] == [(1, 40, 12, 16), (1, 112, 6, 8)]
     assert all(bool(torch.isfinite(f).all()) for f in feats)
     assert all(float(f.std()) > 0 for f in feats)
+
+
+@pytest.mark.parametrize("name", list_offline_backbones())
+def test_folded_backbone_computes_the_unfolded_features(name: str) -> None:
+    """load_backbone folds every BatchNorm into its convolution and runs channels-last; the
+    stage outputs are those of timm's unfolded feature model with the same weights."""
+    import timm
+
+    timm_name = OFFLINE_BACKBONES[name].timm_name
+    reference = timm.create_model(timm_name, features_only=True, out_indices=(2, 3)).eval()
+    state = load_offline_state_dict(name)
+    reference.load_state_dict({k: v for k, v in state.items() if k in reference.state_dict()})
+    backbone = load_backbone(name, (8, 16))
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.model.modules())
+    assert n_bn == 0  # every BatchNorm was folded
+    x = torch.randn(2, 3, 160, 192, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want, got = reference(x), backbone(x)
+    for a, b in zip(want, got, strict=True):
+        assert a.shape == b.shape
+        assert float((a - b).abs().max() / a.abs().max()) < 1e-5
+    # Folding a copy counts its BatchNorms, and a second fold finds none left.
+    copy = timm.create_model(timm_name, features_only=True, out_indices=(2, 3)).eval()
+    n_before = sum(isinstance(m, torch.nn.BatchNorm2d) for m in copy.modules())
+    assert fold_batchnorm(copy) == n_before > 20 and fold_batchnorm(copy) == 0
 
 
 def test_three_stride_backbone_for_padim() -> None:

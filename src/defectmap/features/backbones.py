@@ -123,7 +123,7 @@ class Backbone(nn.Module):
         -------
         One tensor (B, C_k, ceil(H / s_k), ceil(W / s_k)) per stride ``s_k`` in ``strides``.
         """
-        outputs: list[torch.Tensor] = self.model(x)
+        outputs: list[torch.Tensor] = self.model(x.contiguous(memory_format=torch.channels_last))
         return list(outputs)
 
 
@@ -308,6 +308,50 @@ def _drop_unused_blocks(model: Any) -> None:
         model.blocks = model.blocks[: last + 1]
 
 
+def fold_batchnorm(model: nn.Module) -> int:
+    """Fold every BatchNorm into the convolution just before it, for inference; return how many.
+
+    In timm's EfficientNet blocks each ``Conv2d`` is followed by its ``BatchNorm2d`` (timm's
+    ``BatchNormAct2d``, which also applies the activation) in both registration and execution
+    order. The frozen normalisation ``(conv(x) - mean) * g / sqrt(var + eps) + b`` becomes the
+    convolution's own weight and bias, and the BatchNorm is replaced by its activation alone.
+    Outputs agree with the unfolded model to float rounding (about 3e-6 relative on
+    EfficientNet-Lite0), and the forward pass is 1.4x faster on a 2-core CPU (1.9x with
+    channels-last memory on top; ``benchmarks/runtime.py``).
+    """
+    folded = 0
+    for module in model.modules():
+        children = [(name, child) for name, child in module.named_children()
+                    if not isinstance(child, nn.Identity)]
+        for (_, conv), (bn_name, bn) in zip(children, children[1:]):
+            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)):
+                continue
+            assert bn.running_var is not None and bn.running_mean is not None
+            scale = (bn.weight if bn.affine else 1.0) / torch.sqrt(bn.running_var + bn.eps)
+            shift = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+            with torch.no_grad():
+                conv.weight = nn.Parameter(conv.weight * scale.reshape(-1, 1, 1, 1),
+                                           requires_grad=False)
+                conv.bias = nn.Parameter((bias - bn.running_mean) * scale + shift,
+                                         requires_grad=False)
+            after = [getattr(bn, "drop", nn.Identity()), getattr(bn, "act", nn.Identity())]
+            setattr(module, bn_name, nn.Sequential(*after))
+            folded += 1
+    return folded
+
+
+def _optimise_for_inference(model: Any) -> Any:
+    """Fold BatchNorms (EfficientNet family only, whose layout :func:`fold_batchnorm`
+    relies on) and switch to channels-last memory (oneDNN's fast layout on CPU)."""
+    from timm.models.efficientnet import EfficientNetFeatures
+
+    model = model.eval()
+    if isinstance(model, EfficientNetFeatures):
+        fold_batchnorm(model)
+    return model.to(memory_format=torch.channels_last)
+
+
 @functools.lru_cache(maxsize=4)
 def load_backbone(
     name: str = DEFAULT_BACKBONE,
@@ -361,7 +405,7 @@ def load_backbone(
     info = model.feature_info
     return Backbone(
         name,
-        model,
+        _optimise_for_inference(model),
         strides=tuple(info.reduction()),
         channels=tuple(info.channels()),
         mean=tuple(float(m) for m in config["mean"]),
