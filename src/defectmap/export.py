@@ -98,8 +98,9 @@ class GraphNeighbors(nn.Module):
     of the exported graph). The search runs over chunks of ``chunk_rows`` bank rows: per
     chunk ``||b||^2 - 2 q.b`` is one ``Gemm`` (``-2 B^T`` and ``||b||^2`` are constant-folded
     by the runtimes), the nearest is taken with a two-level ``ArgMin`` (:func:`_argmin`;
-    a two-level ``TopK`` for k > 1, :func:`_topk_min`), and the chunks' candidates are merged. Measured on the bottle bank (3,344 x 152, 1,600
-    queries, loaded machine): on 2 threads OpenVINO 73 -> 44 ms against the plain
+    a two-level ``TopK`` for k > 1, :func:`_topk_min`), and the chunks' candidates are
+    merged. Measured for k = 1 on the bottle bank (3,344 x 152, 1,600 queries, loaded
+    machine): on 2 threads OpenVINO 73 -> 44 ms against the plain
     ``MatMul``/``ReduceMin``/``ArgMin`` form (ONNX Runtime ~38 ms either way); on 1 thread
     ONNX Runtime ~30 ms, as fast as faiss's ``IndexFlatL2`` (~29 ms), the ``Gemm`` being
     most of it.

@@ -93,6 +93,7 @@ class Backbone(nn.Module):
     strides : stride of each returned feature map relative to the input, e.g. ``(8, 16)``.
     channels : number of channels of each returned feature map.
     mean, std : per-channel RGB normalisation for images scaled to [0, 1].
+    channels_last : the model's weights are channels-last; inputs are converted to match.
     """
 
     def __init__(
@@ -103,8 +104,10 @@ class Backbone(nn.Module):
         channels: tuple[int, ...],
         mean: tuple[float, ...],
         std: tuple[float, ...],
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
+        self.channels_last = channels_last
         self.name = name
         self.model = model.eval().requires_grad_(False)
         self.strides = strides
@@ -123,7 +126,9 @@ class Backbone(nn.Module):
         -------
         One tensor (B, C_k, ceil(H / s_k), ceil(W / s_k)) per stride ``s_k`` in ``strides``.
         """
-        outputs: list[torch.Tensor] = self.model(x.contiguous(memory_format=torch.channels_last))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        outputs: list[torch.Tensor] = self.model(x)
         return list(outputs)
 
 
@@ -323,7 +328,7 @@ def fold_batchnorm(model: nn.Module) -> int:
     for module in model.modules():
         children = [(name, child) for name, child in module.named_children()
                     if not isinstance(child, nn.Identity)]
-        for (_, conv), (bn_name, bn) in zip(children, children[1:]):
+        for (_, conv), (bn_name, bn) in zip(children, children[1:], strict=False):
             if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)):
                 continue
             assert bn.running_var is not None and bn.running_mean is not None
@@ -357,6 +362,7 @@ def load_backbone(
     name: str = DEFAULT_BACKBONE,
     strides: tuple[int, ...] = (8, 16),
     allow_download: bool = True,
+    optimise: bool = True,
 ) -> Backbone:
     """Build a frozen, pretrained feature extractor (cached per process).
 
@@ -366,6 +372,8 @@ def load_backbone(
     strides : strides of the stages to return, e.g. ``(8, 16)`` for PatchCore.
     allow_download : a timm backbone's weights may be downloaded (fitting); False: only
         the local cache is read (a fitted model). Offline backbones never download.
+    optimise : fold the BatchNorms and run channels-last (:func:`fold_batchnorm`; the same
+        features to float rounding); False keeps timm's module as it is (for comparisons).
 
     Raises
     ------
@@ -405,9 +413,10 @@ def load_backbone(
     info = model.feature_info
     return Backbone(
         name,
-        _optimise_for_inference(model),
+        _optimise_for_inference(model) if optimise else model.eval(),
         strides=tuple(info.reduction()),
         channels=tuple(info.channels()),
         mean=tuple(float(m) for m in config["mean"]),
         std=tuple(float(s) for s in config["std"]),
+        channels_last=optimise,
     )
