@@ -321,3 +321,36 @@ def test_service_scores_an_upload_with_the_tiled_model(tiled_model: Path, large_
     assert (record.width, record.height) == (256, 256)
     assert record.score == pytest.approx(expected.score, rel=1e-6)
     assert record.decision == expected.decision
+
+
+def test_benchmark_with_tiles_fits_tiled_cells_and_resumes_only_the_same_tiling(
+        large_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from defectmap.pipeline import load_model
+
+    out = tmp_path / "bench"
+    flags = ["--category", "large", "--tile", "128", "--tile-scale", "0.5", "--out", out]
+    rc, _, err = run(capsys, "benchmark", large_root, *flags)
+    assert rc == 0, err
+    cell = json.loads((out / "large" / "patchcore" / "cell.json").read_text())
+    assert cell["cell"]["tile_size"] == 128 and cell["cell"]["tile_overlap"] == 0.25
+    assert cell["cell"]["params"] == [["input_size", 64]]
+    model = load_model(out / "large" / "patchcore" / "model")
+    assert isinstance(model.detector, TiledDetector)
+    assert model.detector.tile_size == 128
+    assert cell["metrics"]["pixel_auroc"] > 0.9  # same data and tiling as the fit test above
+    # --resume reuses the cell for the same tiling, and refits it for another one.
+    rc, out_text, err = run(capsys, "benchmark", large_root, *flags, "--resume")
+    assert rc == 0 and "1 cells reused" in out_text, err
+    rc, out_text, err = run(capsys, "benchmark", large_root, *flags[:-2], "--tile-overlap",
+                            "0.5", "--out", out, "--resume")
+    assert rc == 0 and "reused" not in out_text, err
+    cell = json.loads((out / "large" / "patchcore" / "cell.json").read_text())
+    assert cell["cell"]["tile_overlap"] == 0.5
+
+
+def test_benchmark_tiling_usage_error_exits_2(large_root: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = run(capsys, "benchmark", large_root, "--category", "large", "--tile-overlap",
+                     "0.2", "--out", tmp_path / "b")
+    assert rc == 2 and "--tile-overlap and --tile-scale need --tile SIZE" in err
+    assert not (tmp_path / "b").exists()

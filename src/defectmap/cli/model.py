@@ -28,6 +28,8 @@ from defectmap.cli.options import (
     seed_option,
     seeds_option,
     tile_option,
+    tile_overlap_option,
+    tile_scale_option,
 )
 from defectmap.constants import (
     DEFAULT_ALPHA,
@@ -37,7 +39,6 @@ from defectmap.constants import (
     DEFAULT_PIXEL_FPR,
     DEFAULT_TILE_OVERLAP,
     MAX_INPUT_SIZE,
-    MAX_TILE_OVERLAP,
     MIN_INPUT_SIZE,
 )
 from defectmap.errors import DefectmapError
@@ -150,15 +151,8 @@ def fit_command(
         "threshold)."),
     seed: int = seed_option(help="random_state of the folds/split and the fit."),
     tile: int | None = tile_option(),
-    tile_overlap: float | None = ratio_option(
-        None, "--tile-overlap", low=0.0, high=MAX_TILE_OVERLAP, low_open=False,
-        high_open=False,
-        help=f"Smallest overlap of neighbouring tiles, a fraction of SIZE (default "
-        f"{DEFAULT_TILE_OVERLAP:g}; needs --tile)"),
-    tile_scale: float | None = ratio_option(
-        None, "--tile-scale", low=0.0, high=4.0, high_open=False,
-        help="Network pixels per native pixel of a tile: each tile is resized to "
-        "SIZE x scale (default 1; needs --tile; excludes --image-size)"),
+    tile_overlap: float | None = tile_overlap_option(),
+    tile_scale: float | None = tile_scale_option(),
     out: Path = typer.Option(..., "--out", "-o", metavar="DIR",
                              help="Model folder to write (a model folder is replaced whole; "
                              "a folder holding other files is refused)."),
@@ -546,13 +540,17 @@ def benchmark_command(
     ray: str | None = _ray_option(),
     threads: int | None = _threads_option("each cell on Ray"),
     ray_memory: float = _ray_memory_option("cell"),
+    tile: int | None = tile_option(),
+    tile_overlap: float | None = tile_overlap_option(),
+    tile_scale: float | None = tile_scale_option(),
 ) -> None:
     """Fit and evaluate every (category, detector, parameter set, seed) cell; print and
     write the table.
 
     Without --category or --all, every category found under DATASET_ROOT is run. A cell that
     fails is retried once, then shown as failed; the others go on. With --ray each cell is a
-    Ray task; DATASET_ROOT and --out must be at the same paths on every node.
+    Ray task; DATASET_ROOT and --out must be at the same paths on every node. With --tile
+    every cell's model works on tiles, as with ``fit --tile``.
     """
     from defectmap.data.mvtec import select_categories
     from defectmap.evaluate.benchmark import grid_from_items, run_benchmark
@@ -561,8 +559,10 @@ def benchmark_command(
         raise CliUsageError("give either --category or --all, not both")
     categories = select_categories(dataset_root, category, all_categories)
     detectors = list(detector) if detector else [DEFAULT_DETECTOR]
+    common = _detector_params(backbone, image_size)
+    tile_size, overlap = _tiling(tile, tile_overlap, tile_scale, common)
     options: dict[str, Any] = {
-        "detector_params": _detector_params(backbone, image_size),
+        "detector_params": common, "tile_size": tile_size, "tile_overlap": overlap,
         "param_sets": grid_from_items(param or []), "seeds": list(seed or [0]),
         "alpha": alpha, "resume": resume, "n_threads": threads, "on_result": _on_result,
         "on_missing": _on_missing, "on_failed": _on_failed}

@@ -11,10 +11,16 @@ from typing import Any
 
 import typer
 
-from defectmap.constants import MAX_INPUT_SIZE, MAX_TILE_SIZE, MIN_INPUT_SIZE
+from defectmap.constants import (
+    DEFAULT_TILE_OVERLAP,
+    MAX_INPUT_SIZE,
+    MAX_TILE_OVERLAP,
+    MAX_TILE_SIZE,
+    MIN_INPUT_SIZE,
+)
 
 __all__ = ["count_option", "image_size_option", "port_option", "ratio_option", "seed_option",
-           "seeds_option", "tile_option"]
+           "seeds_option", "tile_option", "tile_overlap_option", "tile_scale_option"]
 
 
 def _bounds(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
@@ -97,6 +103,23 @@ def tile_option() -> Any:
         f"(native pixels), maps stitched at native size ({MIN_INPUT_SIZE} to {MAX_TILE_SIZE}; "
         "default: no tiling, whole images resized).",
     )
+
+
+def tile_overlap_option() -> Any:
+    """``--tile-overlap``: smallest overlap of neighbouring tiles (None: the default)."""
+    return ratio_option(
+        None, "--tile-overlap", low=0.0, high=MAX_TILE_OVERLAP, low_open=False,
+        high_open=False,
+        help=f"Smallest overlap of neighbouring tiles, a fraction of SIZE (default "
+        f"{DEFAULT_TILE_OVERLAP:g}; needs --tile)")
+
+
+def tile_scale_option() -> Any:
+    """``--tile-scale``: network pixels per native pixel of a tile (None: 1)."""
+    return ratio_option(
+        None, "--tile-scale", low=0.0, high=4.0, high_open=False,
+        help="Network pixels per native pixel of a tile: each tile is resized to "
+        "SIZE x scale (default 1; needs --tile; excludes --image-size)")
 
 
 def port_option(default: int = 8000) -> Any:

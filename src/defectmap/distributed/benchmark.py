@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from defectmap import __version__
-from defectmap.constants import DEFAULT_ALPHA
+from defectmap.constants import DEFAULT_ALPHA, DEFAULT_TILE_OVERLAP
 from defectmap.distributed.cluster import (
     GIB,
     check_fits_a_node,
@@ -97,6 +97,8 @@ def run_benchmark_on_ray(
     retries: int = 1,
     n_threads: int | None = None,
     memory_gib: float = DEFAULT_CELL_MEMORY_GIB,
+    tile_size: int | None = None,
+    tile_overlap: float = DEFAULT_TILE_OVERLAP,
     on_result: Callable[[dict[str, Any]], None] | None = None,
     on_missing: Callable[[str, str], None] | None = None,
     on_failed: Callable[[dict[str, Any]], None] | None = None,
@@ -128,4 +130,5 @@ def run_benchmark_on_ray(
                              progress=progress, param_sets=param_sets, seeds=seeds,
                              resume=resume, retries=retries, n_threads=threads,
                              executor=RayExecutor(ray, threads, memory_gib),
-                             on_failed=on_failed)
+                             on_failed=on_failed, tile_size=tile_size,
+                             tile_overlap=tile_overlap)

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from defectmap.constants import DEFAULT_ALPHA
+from defectmap.constants import DEFAULT_ALPHA, DEFAULT_TILE_OVERLAP
 from defectmap.errors import DatasetError, DefectmapError, DefectmapWarning, one_line
 from defectmap.files import write_json
 from defectmap.progress import ProgressCallback
@@ -55,6 +55,8 @@ class BenchmarkCell:
     fpr_limit : AU-PRO integration limit (None: the protocol's default).
     out_dir : the cell's folder: ``model/``, ``eval/`` and ``cell.json``.
     n_threads : torch/faiss threads of the fit and evaluation (None: the library default).
+    tile_size, tile_overlap : tiling mode (:mod:`defectmap.tiling`) of every cell's model:
+        tiles of ``tile_size`` native pixels overlapping by ``tile_overlap`` (None: no tiles).
     """
 
     dataset_root: str
@@ -67,6 +69,8 @@ class BenchmarkCell:
     fpr_limit: float | None
     out_dir: str
     n_threads: int | None = None
+    tile_size: int | None = None
+    tile_overlap: float = DEFAULT_TILE_OVERLAP
 
     @property
     def column(self) -> str:
@@ -85,8 +89,14 @@ class BenchmarkCell:
         return ",".join(parts)
 
     def key(self) -> dict[str, Any]:
-        """What determines the cell's result (a stored result is reused only if it matches)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("out_dir", "n_threads")}
+        """What determines the cell's result (a stored result is reused only if it matches).
+
+        Without tiling the tile fields are left out, so results stored before tiling
+        existed still match.
+        """
+        skip = {"out_dir", "n_threads"} | ({"tile_size", "tile_overlap"}
+                                           if self.tile_size is None else set())
+        return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
 @dataclass(frozen=True)
@@ -188,6 +198,9 @@ def plan_cells(
     alpha: float = DEFAULT_ALPHA,
     fpr_limit: float | None = None,
     n_threads: int | None = None,
+    *,
+    tile_size: int | None = None,
+    tile_overlap: float = DEFAULT_TILE_OVERLAP,
 ) -> tuple[list[BenchmarkCell], list[dict[str, str]]]:
     """The cells of a benchmark, category by category, and the categories that are missing.
 
@@ -203,7 +216,10 @@ def plan_cells(
     """
     from defectmap.data.layouts import load_category
     from defectmap.detectors import build_detector
+    from defectmap.tiling import check_tiling
 
+    if tile_size is not None:
+        check_tiling(tile_size, tile_overlap)
     sets = [dict(p) for p in (param_sets or [{}])]
     common = dict(detector_params or {})
     for name in detectors:
@@ -227,7 +243,8 @@ def plan_cells(
         for name, grid, seed in itertools.product(detectors, sets, seeds):
             cell = BenchmarkCell(str(root), category, name,
                                  tuple({**common, **grid}.items()), tuple(grid.items()),
-                                 int(seed), float(alpha), fpr_limit, "", n_threads)
+                                 int(seed), float(alpha), fpr_limit, "", n_threads,
+                                 tile_size, float(tile_overlap))
             folder = out / category / _UNSAFE.sub("_", cell.column)
             cells.append(BenchmarkCell(**{**asdict(cell), "out_dir": str(folder)}))
     return cells, missing
@@ -250,7 +267,8 @@ def run_cell(cell: BenchmarkCell, progress: ProgressCallback | None = None) -> d
     with compute_threads(cell.n_threads):
         model = train_model(data, folder / "model", detector=cell.detector,
                             detector_params=dict(cell.params), random_state=cell.seed,
-                            alpha=cell.alpha, progress=progress)
+                            alpha=cell.alpha, tile_size=cell.tile_size,
+                            tile_overlap=cell.tile_overlap, progress=progress)
         metrics = evaluate_model(model, data, folder / "eval", fpr_limit=cell.fpr_limit,
                                  progress=progress)
     metrics.update(column=cell.column, seed=cell.seed, params=dict(cell.params),
@@ -375,6 +393,8 @@ def run_benchmark(
     n_threads: int | None = None,
     executor: CellExecutor | None = None,
     on_failed: Callable[[dict[str, Any]], None] | None = None,
+    tile_size: int | None = None,
+    tile_overlap: float = DEFAULT_TILE_OVERLAP,
 ) -> dict[str, Any]:
     """Fit and evaluate every (category, detector, parameter set, seed) cell; write the table.
 
@@ -417,6 +437,8 @@ def run_benchmark(
         recorded in each row).
     executor : CellExecutor or None
         Where the cells run (default: :class:`LocalExecutor`, one after the other here).
+    tile_size, tile_overlap : tiling mode of every cell's model (see
+        :func:`~defectmap.pipeline.train_model`); None: whole images.
 
     Returns
     -------
@@ -434,7 +456,8 @@ def run_benchmark(
     cells, missing = plan_cells(dataset_root, categories, detectors, out_dir,
                                 detector_params, param_sets,
                                 list(seeds) if seeds is not None else [random_state],
-                                alpha, fpr_limit, n_threads)
+                                alpha, fpr_limit, n_threads, tile_size=tile_size,
+                                tile_overlap=tile_overlap)
     for item in missing:
         if on_missing is not None:
             on_missing(item["category"], item["reason"])
