@@ -179,3 +179,58 @@ def test_update_of_an_exported_model_is_exported(
         assert again["decision"] == "ok" and http.get("/v1/model").json()["runtime"] == \
             "onnxruntime"
     assert report.before["false_alarms"] == 1 and report.after["false_alarms"] == 0
+
+
+def _cross_fitted(synthetic_root: Path, out: Path, detector: str) -> Path:
+    import warnings
+
+    from defectmap.data.mvtec import load_category
+    from defectmap.pipeline import train_model
+
+    params = {"input_size": 128, **({"coreset_ratio": 0.1} if detector == "patchcore" else {})}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a small synthetic set: few out-of-fold scores
+        train_model(load_category(synthetic_root, "synthetic"), out, detector=detector,
+                    detector_params=params, alpha=0.1, n_folds=3, random_state=0)
+    return out
+
+
+def test_update_of_a_cross_fitted_patchcore_keeps_its_thresholds(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    """No validation images of its own: the thresholds stay (scores can only fall), the
+    false alarm is cleared, and no image scores higher under the new model."""
+    from defectmap.feedback import Feedback, HeldImage
+    from defectmap.pipeline import load_model
+
+    model_dir = _cross_fitted(synthetic_root, tmp_path / "model", "patchcore")
+    old = load_model(model_dir)
+    assert old.info["calibration_method"] == "cross_fit"
+    images = synthetic_test_images(synthetic_root, tmp_path / "pasted")
+    sticker = images["pasted"][0]
+    assert old.inspect([sticker])[0].decision == "defect"
+    feedback = Feedback(good=[HeldImage("0" * 64, sticker, "ok", "ana", "i1", "defect", None)])
+    report = update_model(model_dir, feedback, out_dir=tmp_path / "new")
+    assert report.thresholds == "kept" and report.thresholds_after == report.thresholds_before
+    assert report.before["false_alarms"] == 1 and report.after["false_alarms"] == 0
+    new = load_model(tmp_path / "new")
+    assert new.calibration.to_dict() == old.calibration.to_dict()
+    probe = images["good"] + images["defect"] + images["pasted"][1:]
+    before, after = old.detector.predict(probe), new.detector.predict(probe)
+    assert (after.scores <= before.scores + 1e-6).all()
+    assert (after.scores < before.scores - 1e-6).any()  # the bank did grow where it mattered
+    for a, b in zip(after.maps, before.maps, strict=True):
+        assert float((a - b).max()) <= 1e-5
+
+
+def test_update_of_a_cross_fitted_padim_needs_validation_images(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    from defectmap.feedback import Feedback, HeldImage
+
+    model_dir = _cross_fitted(synthetic_root, tmp_path / "model", "padim")
+    sticker = synthetic_test_images(synthetic_root, tmp_path / "pasted")["pasted"][0]
+    feedback = Feedback(good=[HeldImage("0" * 64, sticker, "ok", "ana", "i1", "defect", None)])
+    with pytest.raises(FeedbackError, match="scores can rise after add_good.*--validation DIR"):
+        update_model(model_dir, feedback, out_dir=tmp_path / "new")
+    assert not (tmp_path / "new").exists()

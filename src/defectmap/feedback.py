@@ -13,7 +13,15 @@ file against the SHA-256 the row recorded. :func:`update_model` then builds a **
    ``training.json``, or given), with the same ``alpha``, pixel FPR and minimum region area;
    the added images are not validation images, so the conformal guarantee keeps its meaning.
    Steps 2-3 repeat (at most ``max_rounds`` times) while an added image is still flagged
-   under the new thresholds.
+   under the new thresholds. A **cross-fitted** PatchCore model (no validation images of
+   its own: every good image fitted it) keeps its thresholds instead, unless validation
+   images are given: adding rows to the memory bank can only lower every distance to it, so
+   every map and score of the new model is at most the old one's, and the false-alarm
+   bound of the old thresholds (over out-of-fold scores) still holds for the new model
+   (conservatively: its true false-alarm rate can only be lower). The patches are then
+   added until each is within the smaller of the two thresholds, so that an added image is
+   not flagged again. PaDiM's ``add_good`` changes its Gaussians, which can raise scores:
+   it needs validation images.
 4. The held images are scored again; the report gives false alarms and misses before and
    after. The false alarms after are measured on the very images that were added
    (in-sample: they show the fix took, not how the model generalises); the misses are the
@@ -92,6 +100,8 @@ class UpdateReport:
     thresholds_after: dict[str, float | None]
     skipped: list[str]
     images: list[dict[str, Any]]
+    #: "recalibrated" on validation images, or "kept" (cross-fitted PatchCore, see above).
+    thresholds: str = "recalibrated"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -172,6 +182,15 @@ def validation_images(model: InspectionModel) -> list[Path]:
     return paths
 
 
+def _scores_only_fall(detector: Any) -> bool:
+    """True when ``add_good`` can only lower the detector's scores (PatchCore, tiled or not)."""
+    from defectmap.detectors import PatchCore
+    from defectmap.tiling import TiledDetector
+
+    inner = detector.detector if isinstance(detector, TiledDetector) else detector
+    return isinstance(inner, PatchCore)
+
+
 def _count(model: InspectionModel, feedback: Feedback) -> tuple[dict[str, int], list[Any]]:
     images = [h.path for h in feedback.good + feedback.defects]
     results = model.inspect(images) if images else []
@@ -237,20 +256,30 @@ def update_model(
     false_alarms = [h for h, r in zip(feedback.good, old_results, strict=False)
                     if r.decision == "defect"]
 
-    val_paths = [Path(p) for p in validation] if validation is not None else \
-        validation_images(old)
     detector = load_scorer(model_dir)  # a tiled model stays tiled (tiles are added)
+    keep = validation is None and old.info.get("calibration_method") == "cross_fit"
+    if keep and not _scores_only_fall(detector):
+        raise FeedbackError(f"{model_dir}: the model was cross-fitted and its detector's "
+                            "scores can rise after add_good; give good images to "
+                            "recalibrate on with --validation DIR")
+    val_paths: list[Path] = []
+    if not keep:
+        val_paths = [Path(p) for p in validation] if validation is not None else \
+            validation_images(old)
     calibration = cal
     added_patches = rounds = 0
     pending = [h.path for h in false_alarms]
     while pending and rounds < max_rounds:
         rounds += 1
-        radius = calibration.pixel_threshold or calibration.image_threshold
+        thresholds = [t for t in (calibration.pixel_threshold, calibration.image_threshold)
+                      if t is not None]
+        radius = min(thresholds) if keep else thresholds[0]
         added_patches += detector.add_good(pending, radius=radius, progress=progress)
-        val = detector.predict(val_paths, progress=progress)
-        calibration = fit_calibration(val.scores, val.maps, alpha=cal.alpha,
-                                      pixel_fpr=cal.pixel_fpr,
-                                      min_region_area=cal.min_region_area)
+        if not keep:
+            val = detector.predict(val_paths, progress=progress)
+            calibration = fit_calibration(val.scores, val.maps, alpha=cal.alpha,
+                                          pixel_fpr=cal.pixel_fpr,
+                                          min_region_area=cal.min_region_area)
         again = InspectionModel(detector, calibration, {}).inspect(pending)
         pending = [p for p, r in zip(pending, again, strict=True) if r.decision == "defect"]
 
@@ -279,7 +308,8 @@ def update_model(
         thresholds_before=_thresholds(old), thresholds_after={
             "image_threshold": calibration.image_threshold,
             "pixel_threshold": calibration.pixel_threshold},
-        skipped=list(feedback.skipped), images=held_rows)
+        skipped=list(feedback.skipped), images=held_rows,
+        thresholds="kept" if keep else "recalibrated")
     payload = {k: v for k, v in report.to_dict().items() if k not in ("model_dir", "version")}
     # Built beside its destination (same file system), then added or swapped in whole.
     target = Path(str(out_dir)).absolute()

@@ -116,6 +116,11 @@ def update_command(
     console.print(f"false alarms {report.before['false_alarms']} -> "
                   f"{report.after['false_alarms']} (on the added images: in-sample), misses "
                   f"{report.before['misses']} -> {report.after['misses']}", highlight=False)
+    if report.thresholds == "kept":
+        console.print("thresholds kept: the model is cross-fitted, and adding good patches to "
+                      "PatchCore's bank can only lower its scores, so the false-alarm bound "
+                      "still holds (give --validation DIR to recalibrate instead)",
+                      highlight=False, markup=False)
     where = f"version {report.version}" if report.version else report.model_dir
     hint = f"; promote it: defectmap models promote {model} {report.version}" \
         if report.version else ""

@@ -13,6 +13,10 @@ synthetic objects and textures in RGB and grayscale; exact protocol at native re
 one fit each unless said; the per-category table is ``benchmarks/quality.py``'s, see the
 README). Figures are image AUROC / pixel AUROC / AU-PRO@0.3.
 
+* Cost of these defaults on the 2-core CPU (``benchmarks/quality.py --repeats 3``, medians,
+  quiet machine): pill fit 17.3 s and 75 ms per image at batch 1, bottle 13.0 s and 80 ms
+  (the backbone with folded BatchNorms, :func:`~defectmap.features.backbones.fold_batchnorm`,
+  is about 31 ms of it and the 3-NN search about 30 ms).
 * ``input_size=448`` (was 320): a 56 x 56 stride-8 grid, 2x the patches. Pill (Lite0, same
   coreset): image AUROC 0.963 at 320, 0.979-0.982 at 448, 0.978 at 512; AU-PRO 0.955 /
   0.966 / 0.965; pixel AUROC 0.972 / 0.970 / 0.964. Bottle at 448: 1.000 / 0.986 / 0.960
@@ -32,12 +36,14 @@ README). Figures are image AUROC / pixel AUROC / AU-PRO@0.3.
   The cap binds above ~260 training images.
 * ``coreset="two_stage"``: exact greedy per chunk of 65,536 patches (keeping 4x its share),
   then exact greedy over the survivors. It never holds all patches (memory: one chunk plus
-  the survivors, preallocated); on pill at 448 px it took 21 s instead of 111 s for exact
-  greedy, with a coverage radius 2 % larger and a mean distance 0.6 % smaller, and the
-  metrics did not move (image AUROC 0.982 vs 0.979, AU-PRO 0.967 vs 0.966). Exact greedy
-  itself now runs in pooled rounds (the same choices as one pass per centre, 21x faster on
-  pill at 320 px) and stays available as ``coreset="greedy"``. Below ``4 x 65,536`` patches
-  the two are the same (exact).
+  the survivors, preallocated; pill's fit RSS 1.29 GB against 1.65 GB for 0.1's defaults).
+  On pill at 448 px (837,312 patches -> 4,096, ``benchmarks/quality.py``) it took 3.3 s
+  against 6.4 s for exact greedy, at the same mean distance (0.998x) and a coverage radius
+  10 % larger (one extreme patch); scored with the nearest distance the metrics are within
+  the spread between coreset seeds (0.977 / 0.971 / 0.966 against 0.980 / 0.970 / 0.966).
+  Exact greedy itself runs in pooled rounds (the same choices as one pass per centre, 21x
+  faster on pill at 320 px) and stays available as ``coreset="greedy"``. Below
+  ``4 x 65,536`` patches the two are the same (exact).
 * ``image_score="map_max"`` (was the re-weighted patch maximum): the image score is the
   peak of the smoothed map the user sees. On pill at 448 over five coresets it ranged
   0.975-0.984 image AUROC where the raw patch maximum ranged 0.969-0.981 (re-weighting
