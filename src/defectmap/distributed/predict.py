@@ -63,24 +63,6 @@ def _objects(values: Sequence[Any]) -> np.ndarray:
     return out
 
 
-#: Most chunks one actor call scores: each call costs Ray Data about 15 ms on top of the
-#: scoring (measured: 2,000 images of 128 px, one chunk per call, ran 2.4x slower than a
-#: local predict on the same 2 CPUs; ``benchmarks/scale.py``).
-MAX_CHUNKS_PER_CALL = 32
-
-
-def chunks_per_call(n_chunks: int, n_actors: int) -> int:
-    """Chunks per actor call: up to :data:`MAX_CHUNKS_PER_CALL`, but at least 4 calls per
-    actor, so the pool stays balanced and results stream.
-
-    Examples
-    --------
-    >>> chunks_per_call(2000, 1), chunks_per_call(40, 2), chunks_per_call(3, 4)
-    (32, 5, 1)
-    """
-    return max(1, min(MAX_CHUNKS_PER_CALL, n_chunks // (4 * max(1, n_actors))))
-
-
 class _ChunkScorer:
     """Ray Data actor: loads the model once, then reads and scores batch after batch."""
 
@@ -180,7 +162,7 @@ def predict_on_ray(
         try:
             dataset = ray.data.from_items([{"chunk": json.dumps(c)} for c in chunks])
             dataset = dataset.map_batches(
-                _ChunkScorer, batch_size=chunks_per_call(len(chunks), actors),
+                _ChunkScorer, batch_size=1,
                 compute=ray.data.ActorPoolStrategy(size=min(actors, len(chunks))),
                 fn_constructor_kwargs={
                     "model_dir": str(Path(model_dir).absolute()), "runtime": runtime,
