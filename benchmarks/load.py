@@ -39,7 +39,6 @@ import tempfile
 import threading
 import time
 import uuid
-import warnings
 from io import BytesIO
 from pathlib import Path
 
@@ -56,22 +55,36 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _train(workdir: Path) -> tuple[Path, list[Path]]:
-    from defectmap.calibrate import CalibrationWarning
-    from defectmap.data.mvtec import load_category
+#: The fit of every served model: a split (one fit, no cross-fit); 8 validation images are
+#: too few for alpha 0.01 (a CalibrationWarning), which is fine for a load test.
+_TRAIN = """
+import sys, warnings
+from defectmap.data.mvtec import load_category
+from defectmap.pipeline import train_model
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    train_model(load_category(sys.argv[1]), sys.argv[2], detector="patchcore",
+                detector_params={"input_size": 128, "coreset_ratio": 0.1},
+                val_ratio=0.25, min_val=8)
+"""
+
+
+def _train(workdir: Path, src: Path, name: str) -> Path:
+    """Fit the model with the package in ``src``: "before" cannot read today's model format,
+    so each source tree serves a model it wrote itself, from the same data and settings."""
+    model_dir = workdir / name
+    subprocess.run([sys.executable, "-c", _TRAIN, str(workdir / "data" / "synthetic"),
+                    str(model_dir)], check=True, env=dict(os.environ, PYTHONPATH=str(src)))
+    return model_dir
+
+
+def _data(workdir: Path) -> list[Path]:
     from defectmap.data.synth import make_synthetic_dataset
-    from defectmap.pipeline import train_model
 
     category = make_synthetic_dataset(
         workdir / "data", category="synthetic", n_train=24, n_test=16, size=128, seed=0
     )
-    model_dir = workdir / "model"
-    with warnings.catch_warnings():  # 8 validation images: fine for a load test
-        warnings.simplefilter("ignore", CalibrationWarning)
-        train_model(load_category(category), model_dir, detector="patchcore",
-                    detector_params={"input_size": 128, "coreset_ratio": 0.1},
-                    val_ratio=0.25, min_val=8)  # a split: one fit, no cross-fit
-    return model_dir, sorted((category / "test").glob("*/*.png"))
+    return sorted((category / "test").glob("*/*.png"))
 
 
 def _export_before(ref: str, workdir: Path) -> Path:
@@ -211,8 +224,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="defectmap-load-") as tmp:
         workdir = Path(tmp)
         started = time.perf_counter()
-        model_dir, images = _train(workdir)
-        print(f"trained patchcore on synthetic 128 px data in "
+        images = _data(workdir)
+        before_src = _export_before(args.before, workdir)
+        model_dir = _train(workdir, REPO / "src", "model")
+        before_model = _train(workdir, before_src, "model-before")
+        print(f"trained patchcore (today's and before's) on synthetic 128 px data in "
               f"{time.perf_counter() - started:.1f} s; {os.cpu_count()} CPUs visible; "
               f"{len(images)} distinct images")
         bodies = [_multipart(p.name, p.read_bytes()) for p in images]
@@ -222,13 +238,14 @@ def main() -> int:
 
             exported = workdir / "model-exported"  # ONNX and OpenVINO graphs beside torch's
             export_model(model_dir, exported, format="openvino")
-        configs = [("before", _export_before(args.before, workdir), {})]
+        configs = [("before", before_src, {})]
         configs += [(label, REPO / "src", opts) for label, opts in map(_parse_config,
                                                                       args.configs)]
         runs = [(r, k, c) for r in range(args.repeats) for k, c in enumerate(configs)]
         for r, k, (label, src, options) in runs:
             db = workdir / f"audit-{r}-{k}.sqlite3"
-            served = exported if exported is not None and label != "before" else model_dir
+            served = before_model if label == "before" else \
+                exported if exported is not None else model_dir
             server, port = _start_server(label, src, served, db, options)
             answered: list[str] = []
             try:
