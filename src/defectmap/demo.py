@@ -19,11 +19,14 @@ from defectmap.progress import ProgressCallback
 __all__ = ["run_demo"]
 
 #: The synthetic dataset and image size: small enough to run in well under three minutes on
-#: 2 CPU cores, large enough that the image AUROC is far above chance.
+#: 2 CPU cores, large enough that the image AUROC is far above chance. The network input is
+#: 2x the image (measured on the demo's data, image AUROC / pixel AUROC / AU-PRO: 160 px
+#: input 0.871 / 0.981 / 0.929 in 11 s, 320 px 1.000 / 0.998 / 0.995 in 16 s; 448 px, the
+#: default, gives the same as 320 for more time).
 N_TRAIN = 40
 N_TEST = 30
 SIZE = 160
-INPUT_SIZE = 160
+INPUT_SIZE = 320
 #: Cross-fitted, 40 train images give 40 out-of-fold scores: enough for p <= alpha at
 #: alpha = 0.1 (needs 9), not at the default 0.01 (needs 99).
 ALPHA = 0.1
