@@ -12,10 +12,11 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
+
+from ports import free_port
 
 USER = "defectmap"
 
@@ -34,12 +35,6 @@ def _bindir() -> Path:
         raise Unavailable("PostgreSQL server binaries not found (install Debian's postgresql "
                           "package: bash scripts/ensure-postgres.sh)")
     return Path(candidates[-1]).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class PgServer:
@@ -100,7 +95,7 @@ def start() -> PgServer:
             raise Unavailable(f"running as root and there is no 'postgres' user ({exc})") \
                 from exc
         prefix = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
+    port = free_port()
     try:
         _run(prefix, [str(bindir / "initdb"), "-D", str(datadir), "-U", USER, "-A", "trust",
                       "--no-instructions", "-E", "UTF8"], root)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import pytest
 import defectmap
 from defectmap.calibrate import CalibrationWarning
 from defectmap.evaluate import predict_to_dir, run_benchmark
+from ports import free_port
 
 pytest.importorskip("ray.data")
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
@@ -33,12 +33,6 @@ THREADS = 2  # the cluster's CPUs: each cell and actor takes the whole node, lik
 SRC = str(Path(defectmap.__file__).resolve().parents[1])
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
     p for p in (SRC, os.environ.get("PYTHONPATH")) if p), "RAY_USAGE_STATS_ENABLED": "0"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _group(pgid: int) -> list[int]:
@@ -58,7 +52,7 @@ def _group(pgid: int) -> list[int]:
 @pytest.fixture(scope="module")
 def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Address of a fresh 2-CPU Ray head, stopped (all its processes) after the module."""
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("ray") / "head.log"
     ray_cli = Path(sys.executable).parent / "ray"
     with log_path.open("w") as log:

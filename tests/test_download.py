@@ -34,6 +34,7 @@ from defectmap.data.download import (
 from defectmap.data.mvtec import load_category
 from defectmap.data.synth_layouts import make_loco_dataset, make_visa_dataset
 from defectmap.errors import DatasetError, OfflineError
+from ports import free_port
 
 
 def _png(value: int) -> bytes:
@@ -194,9 +195,7 @@ def test_interrupted_transfer_resumes(server, tmp_path):
 
 
 def test_offline_gives_a_clear_error(tmp_path):
-    with socket.socket() as sock:  # a port that nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # a port that nobody listens on
     table = {"widget": Archive("widget.tar.xz", f"http://127.0.0.1:{port}/widget.tar.xz",
                                "0" * 64, ("widget",))}
     with pytest.raises(OfflineError, match=rf"cannot reach 127\.0\.0\.1:{port}.*offline"):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -22,16 +21,11 @@ import httpx
 import pytest
 
 from defectmap.serve import create_app
+from ports import free_port
 from test_serve import LiveServer, synthetic_test_images, trained_model_dir
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 CLI = [sys.executable, "-c", "from defectmap.cli import main; main()"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def children(pid: int) -> list[int]:

@@ -129,16 +129,9 @@ class GraphNeighbors(nn.Module):
         """Distances (Q, k) and indices (Q, k) of the k nearest bank rows, nearest first."""
         values, indices = [], []
         for start, stop in self.chunks:
-            chunk = self.bank[start:stop]
-            if k == 1:
-                partial = _padded_partial(queries, chunk)
-                index = _argmin(partial)
-                value = torch.gather(partial, 1, index)  # only to merge chunks
-            else:
-                partial = _padded_partial(queries, chunk)
-                index = _topk_min(partial, min(k, stop - start))
-                value = torch.gather(partial, 1, index)
-            values.append(value)
+            partial = _padded_partial(queries, self.bank[start:stop])
+            index = _argmin(partial) if k == 1 else _topk_min(partial, min(k, stop - start))
+            values.append(torch.gather(partial, 1, index))  # only to merge chunks
             indices.append(index + start)
         index = indices[0]
         if len(values) > 1:

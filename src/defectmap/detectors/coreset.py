@@ -41,6 +41,15 @@ def random_projection(n_in: int, n_out: int, rng: np.random.Generator) -> torch.
     return torch.from_numpy(matrix)
 
 
+def projection_for(dim: int, projection_dim: int | None,
+                   rng: np.random.Generator) -> torch.Tensor | None:
+    """The projection matrix for ``dim``-d features, or None when ``projection_dim`` is None
+    or not below ``dim`` (no projection)."""
+    if projection_dim is None or projection_dim >= dim:
+        return None
+    return random_projection(dim, int(projection_dim), rng)
+
+
 def _update(min_dist: torch.Tensor, x: torch.Tensor, sq_norms: torch.Tensor,
             centres: torch.Tensor) -> None:
     """min_dist[i] = min(min_dist[i], min_c ||x_i - x_c||^2), in row blocks."""
@@ -124,8 +133,7 @@ def greedy_coreset(
     n, dim = features.shape
     if not 1 <= n_select <= n:
         raise ValueError(f"n_select must be in [1, {n}], got {n_select}")
-    use = projection_dim is not None and projection_dim < dim
-    matrix = random_projection(dim, int(projection_dim), rng) if use else None  # type: ignore[arg-type]
+    matrix = projection_for(dim, projection_dim, rng)
     return greedy_on_projection(project(features, matrix), n_select, int(rng.integers(n)),
                                 pool_size)
 
@@ -158,8 +166,7 @@ class StreamingCoreset:
         if not 1 <= n_select <= n_total:
             raise ValueError(f"n_select must be in [1, {n_total}], got {n_select}")
         self.n_total, self.n_select, self.rng = n_total, n_select, rng
-        use = projection_dim is not None and projection_dim < dim
-        self.matrix = random_projection(dim, int(projection_dim), rng) if use else None  # type: ignore[arg-type]
+        self.matrix = projection_for(dim, projection_dim, rng)
         self.single = n_total <= oversample * chunk_size  # exact greedy is cheaper here
         self.chunk = torch.empty((n_total if self.single else chunk_size, dim))
         self.fill = 0
