@@ -350,6 +350,47 @@ def test_loading_while_the_model_is_replaced_always_gives_one_whole_version(
         other / "weights.safetensors")  # the same seed gave the same fit
 
 
+def test_two_swaps_during_one_load_are_seen_even_if_an_inode_number_comes_back(
+    model_dir: Path, synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folder is swapped twice between the hash and the reads of one load (A -> B -> C).
+    On ext4 the new folder C gets the number of the deleted A at once, so the folder's
+    inode alone looked unchanged and the load returned A's hash with B's files (the CI
+    failure of the test above); the loader now holds A open, so C cannot reuse its number."""
+    import defectmap.pipeline as pipeline
+    from defectmap.pipeline import MODEL_FILES
+
+    target, other = tmp_path / "model", tmp_path / "other"
+    shutil.copytree(model_dir, target)
+    with pytest.warns(DefectmapWarning):
+        train_model(load_category(synthetic_root, "synthetic"), other, detector_params=PARAMS,
+                    random_state=7)
+
+    def swap_in(source: Path) -> None:
+        new = make_temp_dir(tmp_path, prefix=".model.tmp-")
+        for name in MODEL_FILES:
+            shutil.copy(source / name, new / name)
+        replace_dir(new, target)
+
+    real_hash, swaps = pipeline.sha256_tree, []
+
+    def hash_then_swap_twice(folder: Path) -> str:
+        digest = real_hash(folder)
+        if not swaps:
+            swaps.append(folder)
+            swap_in(other)
+            swap_in(other)
+        return digest
+
+    monkeypatch.setattr(pipeline, "sha256_tree", hash_then_swap_twice)
+    loaded = load_model(target)
+    want = load_model(other)
+    assert len(swaps) == 1
+    assert loaded.model_hash == want.model_hash != load_model(model_dir).model_hash
+    assert loaded.calibration is not None and want.calibration is not None
+    assert loaded.calibration.image_threshold == want.calibration.image_threshold
+
+
 # -- 5. predict reads the folder given, not its sub-folders, never its own output -------------
 
 

@@ -86,8 +86,9 @@ MODEL_FILE = "model.json"  # written by the detector (defectmap.detectors.base.M
 #: Every entry of a model directory. :func:`train_model` replaces an existing directory only
 #: when it holds nothing else.
 MODEL_FILES = (MODEL_FILE, "weights.safetensors", CALIBRATION_FILE, TRAINING_FILE)
-#: Reads of a model folder that was swapped while being read, before giving up.
-_LOAD_ATTEMPTS = 5
+#: How long :func:`load_model` keeps re-reading a folder that is swapped while it is read
+#: (waiting 10 ms, then twice as long each time up to 0.25 s), before giving up, seconds.
+_LOAD_PATIENCE_S = 30.0
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: arrays have no single truth value
@@ -307,7 +308,8 @@ def load_model(
     ``calibration.json`` and ``training.json`` are optional: without them the model gives raw
     scores only (``calibration`` is None; ``predict_to_dir`` and the service refuse such a
     model unless told to accept raw scores). A directory swapped in by a new fit while it is
-    read is read again, so the model returned comes from one version of the folder.
+    read is read again (for up to 30 s of swaps), so the model returned comes from one
+    version of the folder.
 
     Parameters
     ----------
@@ -324,24 +326,48 @@ def load_model(
         for it.
     """
     folder = Path(directory)
-    for _ in range(_LOAD_ATTEMPTS):
-        before = _identity(folder)
+    deadline, pause = time.monotonic() + _LOAD_PATIENCE_S, 0.01
+    while True:
+        pin = _pin(folder)
         try:
-            model = _load_once(folder, runtime, n_threads)
-        except (DefectmapError, OSError):
-            if _identity(folder) == before:
-                raise  # the folder did not change: the error is real
-            time.sleep(0.01)
-            continue
-        if _identity(folder) == before:
-            return model
-    raise ModelFileError(f"{folder}: the model folder kept being replaced while it was read")
+            before = _identity(folder, pin)
+            try:
+                model = _load_once(folder, runtime, n_threads)
+            except (DefectmapError, OSError):
+                if _identity(folder) == before:
+                    raise  # the folder did not change: the error is real
+            else:
+                if _identity(folder) == before:
+                    return model
+        finally:
+            if pin is not None:
+                os.close(pin)
+        if time.monotonic() > deadline:
+            raise ModelFileError(f"{folder}: the model folder kept being replaced while it was "
+                                 f"read (for {_LOAD_PATIENCE_S:g} s)")
+        time.sleep(pause)
+        pause = min(2 * pause, 0.25)
 
 
-def _identity(folder: Path) -> tuple[int, int] | None:
-    """(device, inode) of a folder, None when missing: changes when the folder is swapped."""
+def _pin(folder: Path) -> int | None:
+    """An open descriptor of the folder, held while it is read (None if it cannot be opened).
+
+    While it is open the folder's inode is not freed, so its number cannot be reused:
+    file systems such as ext4 give a folder created after a deleted one the same inode
+    number at once, and two swaps during one read (A, then B, then a new C with A's number)
+    would otherwise look like no swap at all and return a mix of A and B.
+    """
     try:
-        stat = folder.stat()
+        return os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return None
+
+
+def _identity(folder: Path, pin: int | None = None) -> tuple[int, int] | None:
+    """(device, inode) of a folder (of the pinned descriptor when given), None when missing:
+    changes when the folder is swapped."""
+    try:
+        stat = os.fstat(pin) if pin is not None else folder.stat()
     except OSError:
         return None
     return stat.st_dev, stat.st_ino
