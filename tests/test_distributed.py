@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -33,6 +34,12 @@ THREADS = 2  # the cluster's CPUs: each cell and actor takes the whole node, lik
 SRC = str(Path(defectmap.__file__).resolve().parents[1])
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
     p for p in (SRC, os.environ.get("PYTHONPATH")) if p), "RAY_USAGE_STATS_ENABLED": "0"}
+for _name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+    ENV.pop(_name, None)
+#: The head's token, given as a user gives it (``RAY_AUTH_TOKEN``). Without its own token
+#: the head would follow ``~/.ray/auth_token``: on a fresh machine there is none, the head
+#: starts without authentication and a client in token mode is refused before it connects.
+TOKEN_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
 
 def _group(pgid: int) -> list[int]:
@@ -59,7 +66,8 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         head = subprocess.Popen(
             [str(ray_cli), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
              "--include-dashboard=false", "--disable-usage-stats"],
-            env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            env={**ENV, **TOKEN_ENV}, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
     try:
         deadline = time.monotonic() + 240
         while "Ray runtime started" not in log_path.read_text():
@@ -84,7 +92,7 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _cli(*argv: str | Path, auth: bool = False) -> subprocess.CompletedProcess[str]:
-    env = {**ENV, "RAY_AUTH_MODE": "token"} if auth else ENV  # an explicit address: opt in
+    env = {**ENV, **TOKEN_ENV} if auth else ENV  # an explicit address: opt in
     return subprocess.run([sys.executable, "-c", "from defectmap.cli import main; main()",
                            *map(str, argv)], env=env, capture_output=True, text=True,
                           timeout=600)
