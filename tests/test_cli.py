@@ -100,7 +100,10 @@ def test_fit_calibration_flags_and_recalibrate(synthetic_root: Path, tmp_path: P
         (["recalibrate", out, "--pixel-fpr", "0.003"], 1, "pixel_fpr 0.003 was not stored"),
         (["recalibrate", tmp_path / "none", "--alpha", "0.1"], 1, "calibration.json"),
         (["fit", category, "--param", "corset_ratio=0.2", "--out", tmp_path / "x"], 1,
-         "has no parameter 'corset_ratio'; valid: augment_rotations, backbone, coreset,"),
+         "has no parameter 'corset_ratio'; valid: augment_rotations, backbone, context, "
+         "context_sigma, coreset,"),
+        (["fit", category, "--param", "context=1.5", "--out", tmp_path / "x"], 1,
+         "detector 'patchcore': context: must be <= 1.0, got 1.5"),
         (["fit", category, "--param", "augment_rotations=maybe", "--out", tmp_path / "x"], 1,
          "augment_rotations must be true or false"),
         (["fit", category, "--val-ratio", "0.2", "--folds", "3", "--out", tmp_path / "x"], 2,

@@ -218,3 +218,34 @@ def test_patchcore_patch_score_is_mean_of_nearest_distances(n_nearest: int) -> N
     torch.testing.assert_close(grid.double(), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(scores.double(), expected.reshape(2, -1).max(dim=1).values,
                                rtol=1e-5, atol=1e-5)
+
+
+def test_patchcore_context_mixes_the_grid_with_its_wide_blur() -> None:
+    from defectmap.detectors import PatchCore
+
+    bank = _points(50, 8, 8)
+    det = PatchCore(n_features=8, input_size=80, context_sigma=15.0)  # 1.5 cells of 10 px
+    det._set_state({"memory_bank": bank.numpy()}, {})
+    emb = _points(2 * 8 * 8, 8, 9).reshape(2, 8, 8, 8).permute(0, 3, 1, 2).contiguous()
+    det._embed = lambda features: features[0]  # type: ignore[method-assign]
+    scores, plain = det._predict_batch([emb])
+    det.context = 0.25
+    det._check_params()
+    context_scores, mixed = det._predict_batch([emb])
+    torch.testing.assert_close(mixed, 0.75 * plain + 0.25 * gaussian_blur(plain, 1.5),
+                               rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(mixed, plain, atol=1e-3)
+    # a convex combination of averages: no value above the plain grid's maximum
+    assert float(mixed.max()) <= float(plain.max()) * (1 + 1e-6)
+    torch.testing.assert_close(context_scores, scores)  # the image score is the map's peak
+
+
+def test_patchcore_context_is_checked() -> None:
+    from defectmap.detectors import PatchCore
+    from defectmap.detectors.base import ParamError
+
+    for params, message in [({"context": 1.5}, "context: must be <= 1.0"),
+                            ({"context": -0.1}, "context: must be >= 0.0"),
+                            ({"context_sigma": 0}, "context_sigma: must be > 0.0")]:
+        with pytest.raises(ParamError, match=message):
+            PatchCore(**params)._check_params()

@@ -173,6 +173,18 @@ def test_pixel_input_graph_has_parity(patchcore_dir, test_set) -> None:
         ExportedModel(out).prepare([np.zeros((8, 8), np.uint8), np.zeros((9, 8), np.uint8)])
 
 
+def test_context_map_exports_with_parity(category, test_set, tmp_path: Path) -> None:
+    model_dir = tmp_path / "model"
+    train_model(category, model_dir, detector="patchcore", alpha=0.1,
+                detector_params={**PARAMS["patchcore"], "context": 0.5})
+    plain = load_model(model_dir).detector
+    plain.context = 0.0
+    assert not np.allclose(plain.predict(test_set[0][:2]).maps[1],
+                           load_model(model_dir).detector.predict(test_set[0][:2]).maps[1])
+    export_model(model_dir, tmp_path / "exported", format="onnx")
+    _check_parity(model_dir, tmp_path / "exported", test_set, ["onnxruntime"])
+
+
 def test_a_changed_export_is_refused(patchcore_export, tmp_path: Path) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(patchcore_export, copy)

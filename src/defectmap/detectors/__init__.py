@@ -12,6 +12,7 @@ from defectmap.constants import DEFAULT_DETECTOR, MIN_INPUT_SIZE
 from defectmap.detectors.base import (
     Detector,
     FeatureSet,
+    ParamError,
     Prediction,
     UnknownDetectorError,
     create_detector,
@@ -50,17 +51,19 @@ def build_detector(name: str, params: Mapping[str, Any] | None = None) -> Detect
     UnknownDetectorError
         ``name`` is not registered (the message lists the known ones).
     DefectmapError
-        A parameter the detector does not have, or ``input_size`` below
-        :data:`~defectmap.constants.MIN_INPUT_SIZE`.
+        A parameter the detector does not have, a value out of its range, or
+        ``input_size`` below :data:`~defectmap.constants.MIN_INPUT_SIZE`.
     """
     params = dict(params or {})
     size = params.get("input_size")
     if size is not None and int(size) < MIN_INPUT_SIZE:
         raise DefectmapError(f"input_size must be at least {MIN_INPUT_SIZE} pixels, got {size}")
     try:
-        return create_detector(name, **params)
-    except TypeError as exc:
+        detector = create_detector(name, **params)
+        detector._check_params()  # what fit would refuse, before the long work
+    except (TypeError, ParamError) as exc:
         raise DefectmapError(f"detector {name!r}: {exc}") from exc
+    return detector
 
 
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
