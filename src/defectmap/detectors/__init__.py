@@ -8,7 +8,7 @@
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from defectmap.constants import DEFAULT_DETECTOR, MIN_INPUT_SIZE
+from defectmap.constants import DEFAULT_DETECTOR
 from defectmap.detectors.base import (
     Detector,
     FeatureSet,
@@ -51,13 +51,10 @@ def build_detector(name: str, params: Mapping[str, Any] | None = None) -> Detect
     UnknownDetectorError
         ``name`` is not registered (the message lists the known ones).
     DefectmapError
-        A parameter the detector does not have, a value out of its range, or
-        ``input_size`` below :data:`~defectmap.constants.MIN_INPUT_SIZE`.
+        A parameter the detector does not have, or a value of the wrong type or out of its
+        range (``input_size`` below :data:`~defectmap.constants.MIN_INPUT_SIZE`, say).
     """
     params = dict(params or {})
-    size = params.get("input_size")
-    if size is not None and int(size) < MIN_INPUT_SIZE:
-        raise DefectmapError(f"input_size must be at least {MIN_INPUT_SIZE} pixels, got {size}")
     try:
         detector = create_detector(name, **params)
         detector._check_params()  # what fit would refuse, before the long work

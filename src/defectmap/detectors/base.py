@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from defectmap import __version__
+from defectmap.constants import MIN_INPUT_SIZE
 from defectmap.data.io import iter_batches
 from defectmap.errors import DefectmapError, ModelFileError, NotFittedError
 from defectmap.features.backbones import (
@@ -584,7 +585,7 @@ class Detector(ABC):
         """Raise :class:`ParamError` for an invalid parameter (types and ranges)."""
         if not isinstance(self.backbone, str) or not self.backbone:
             raise ParamError("backbone", f"expected a backbone name, got {self.backbone!r}")
-        check_number(self.input_size, "input_size", int, low=32)
+        check_number(self.input_size, "input_size", int, low=MIN_INPUT_SIZE)
 
     @abstractmethod
     def _predict_batch(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
